@@ -1,0 +1,1 @@
+"""The ``sae`` command line: wires toy models and SAEs together."""

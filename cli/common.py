@@ -1,0 +1,88 @@
+"""Options and helpers shared by the commands: config loading, device flags, output folders."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from sae.config_io import load_config
+from sae.errors import UsageError
+
+DEBUG_ENV = "SAE_TOOLKIT_DEBUG"
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Files whose presence means a folder already holds a run.
+RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.json", "model.safetensors", "report.md")
+
+
+def config_options(f: F) -> F:
+    """--config, --set, --out, --resume, --overwrite."""
+    f = click.option("--overwrite", is_flag=True, help="Replace an existing run in the output folder.")(f)
+    f = click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
+                     default=None, help="Continue the interrupted run in this folder.")(f)
+    f = click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+                     help="Output folder.")(f)
+    f = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+                     help="Override a config value, e.g. --set model.n_hidden=5 (repeatable).")(f)
+    f = click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+                     help="YAML config file.")(f)
+    return f
+
+
+def device_options(f: F) -> F:
+    """--devices, --strategy, --num-nodes, --accelerator (override runtime.*)."""
+    f = click.option("--accelerator", default=None, help="cpu, gpu, cuda or auto.")(f)
+    f = click.option("--num-nodes", type=int, default=None, help="Machines taking part.")(f)
+    f = click.option("--strategy", type=click.Choice(["auto", "ddp", "ddp_spawn", "ddp_fork"]),
+                     default=None, help="Lightning strategy for several devices.")(f)
+    f = click.option("--devices", type=int, default=None, help="Devices (processes) per node.")(f)
+    return f
+
+
+def device_overrides(devices: int | None, strategy: str | None, num_nodes: int | None,
+                     accelerator: str | None) -> list[str]:
+    pairs = {"devices": devices, "strategy": strategy, "num_nodes": num_nodes, "accelerator": accelerator}
+    return [f"runtime.{k}={v}" for k, v in pairs.items() if v is not None]
+
+
+def resolve_run(cls: type[T], config_path: Path | None, overrides: list[str], out_dir: Path | None,
+                resume_dir: Path | None, overwrite: bool) -> tuple[T, Path, bool]:
+    """The config and output folder of a run; refuses to clobber an existing run."""
+    if resume_dir is not None:
+        if config_path is not None:
+            raise UsageError("--resume reads the config saved in the run folder; drop --config")
+        if out_dir is not None and out_dir != resume_dir:
+            raise UsageError("--resume DIR is the output folder; drop --out")
+        saved = resume_dir / "config.yaml"
+        if not saved.exists():
+            raise UsageError(f"nothing to resume in {resume_dir}: no config.yaml")
+        return load_config(cls, saved, list(overrides)), resume_dir, True
+    if out_dir is None:
+        raise UsageError("missing option '--out'")
+    config = load_config(cls, config_path, list(overrides))
+    prepare_out_dir(out_dir, overwrite)
+    return config, out_dir, False
+
+
+def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"output folder {out_dir} is a file")
+    if out_dir.exists() and any((out_dir / m).exists() for m in RUN_MARKERS):
+        if not overwrite:
+            raise UsageError(f"{out_dir} already holds a run; use --resume {out_dir} to continue "
+                             "it or --overwrite to replace it")
+        if _is_main_process():
+            shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+
+def _is_main_process() -> bool:
+    """False in the extra ranks Lightning launches by re-running the command."""
+    import os
+
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"

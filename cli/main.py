@@ -1,0 +1,69 @@
+"""``sae``: the command line. Every command turns bad input into one ``error: ...`` line with exit
+status 2 (usage) or 1 (runtime); ``--debug`` shows the traceback instead."""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from cli.common import DEBUG_ENV
+from cli.toy import toy
+from sae.errors import ToolkitError
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+def cli(debug: bool) -> None:
+    """Train toy models of superposition, train SAEs on their activations, score the SAEs
+    against the known features."""
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
+cli.add_command(toy)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the group and map failures to exit codes."""
+    sys.exit(run_cli(cli.main, argv))
+
+
+def run_cli(entry: Callable[..., Any], argv: list[str] | None) -> int:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        entry(args=argv, standalone_mode=False, prog_name="sae")
+        return 0
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except click.exceptions.NoArgsIsHelpError as e:
+        click.echo(e.ctx.get_help() if e.ctx else str(e))
+        return 2
+    except click.ClickException as e:
+        click.echo(f"error: {e.format_message()}", err=True)
+        return e.exit_code
+    except ToolkitError as e:
+        if debug:
+            traceback.print_exc()
+        click.echo(f"error: {e}", err=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        return 130
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+    except Exception as e:  # anything unexpected still gets one line, the trace with --debug
+        if debug:
+            traceback.print_exc()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        click.echo(f"error: {type(e).__name__}: {first} (rerun with --debug for details)", err=True)
+        return 1
+
+
+if __name__ == "__main__":
+    main()

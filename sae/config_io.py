@@ -1,0 +1,195 @@
+"""Typed dataclass configs from YAML, with dotted command-line overrides.
+
+Every config in the project is a tree of dataclasses. ``load_config`` reads YAML, applies
+``--set a.b=value`` overrides and checks every key and type against the dataclass fields; an
+unknown key or a wrong type raises ``UsageError`` with a one-line message (and the nearest valid
+key). ``config_to_dict`` gives back plain data that, saved as YAML and fed back, rebuilds the same
+config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union, get_args, get_origin
+
+import yaml
+
+from sae.errors import UsageError
+
+T = TypeVar("T")
+
+
+def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
+    """Build ``cls`` from a YAML file (or the defaults when ``path`` is None) plus overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = read_yaml(path)
+    for override in overrides:
+        key, value = parse_override(override)
+        set_dotted(data, key, value)
+    return from_dict(cls, data, source=str(path) if path else "config")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UsageError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read config file {path}: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()[0]
+        raise UsageError(f"config file {path} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"model.n_hidden=5"`` -> ``("model.n_hidden", 5)``; the value is parsed as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise UsageError(f"override {text!r} must look like key.sub=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def from_dict(cls: type[T], data: Any, source: str = "config", prefix: str = "") -> T:
+    """Recursively build dataclass ``cls`` from ``data``, checking keys and types."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        where = prefix.rstrip(".") or "the top level"
+        raise UsageError(f"{source}: {where} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise UsageError(f"{source}: unknown key '{prefix}{key}'{_suggest(key, fields, prefix)}")
+        kwargs[key] = _coerce(value, hints[key], source, f"{prefix}{key}")
+    try:
+        config = cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"{source}: {e}") from None
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        try:
+            validate()
+        except ValueError as e:
+            raise UsageError(f"{source}: {prefix}{e}") from None
+    return config
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested dicts and lists: what ``from_dict`` reads back."""
+    return dataclasses.asdict(config)
+
+
+def config_to_yaml(config: Any) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Field name -> the docstring written under it in the class body (for ``--help`` texts)."""
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
+
+
+def _suggest(key: str, fields: dict[str, Any], prefix: str) -> str:
+    close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
+    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
+    """Check ``value`` against annotation ``tp``; allow int -> float, nothing else implicit."""
+    origin = get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value if value is not None else {}, source, f"{key}.")
+    if origin in (Union, types.UnionType):
+        options = get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, source, key)
+            except UsageError as e:
+                errors.append(e)
+        names = " or ".join(_type_name(o) for o in options if o is not type(None))
+        raise UsageError(f"{source}: '{key}' must be {names}, got {value!r}")
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            listed = ", ".join(repr(c) for c in choices)
+            raise UsageError(f"{source}: '{key}' must be one of {listed}, got {value!r}")
+        return value
+    if origin is list:
+        (item_tp,) = get_args(tp)
+        if not isinstance(value, list):
+            raise UsageError(f"{source}: '{key}' must be a list, got {value!r}")
+        return [_coerce(v, item_tp, source, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UsageError(f"{source}: '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UsageError(f"{source}: '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UsageError(f"{source}: '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UsageError(f"{source}: '{key}' must be a string, got {value!r}")
+        return value
+    if tp is Any:
+        return value
+    raise TypeError(f"unsupported config annotation {tp!r} for {key}")

@@ -1,0 +1,224 @@
+"""Shared run settings: devices, strategy and wandb, turned into a Lightning ``Trainer``.
+
+Toy-model training and SAE training both go through ``make_trainer``, so there is one training
+path with one set of device, logging and checkpoint behaviour.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import os
+import secrets
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from sae.errors import UsageError
+
+RUN_ID_ENV = "SAE_TOOLKIT_RUN_ID"
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how a run executes."""
+
+    accelerator: str = "cpu"
+    """Lightning accelerator: cpu, gpu, cuda, auto."""
+    devices: int = 1
+    """Processes (devices) per node. More than 1 means data-parallel training."""
+    strategy: Literal["auto", "ddp", "ddp_spawn", "ddp_fork"] = "auto"
+    """Lightning strategy; 'auto' picks ddp when devices > 1."""
+    num_nodes: int = 1
+    """Machines taking part (launched by torchrun or SLURM, see the README)."""
+    threads: int | None = None
+    """torch intra-op threads per process; None keeps torch's default. Tiny models run
+    fastest on 1 thread."""
+    progress_bar: bool = True
+    """Show a progress bar while training."""
+    collective_timeout_s: float = 120.0
+    """Seconds a rank waits in a collective before the run fails (a crashed peer)."""
+
+    def validate(self) -> None:
+        if self.devices < 1:
+            raise ValueError(f"runtime.devices must be >= 1, got {self.devices}")
+        if self.num_nodes < 1:
+            raise ValueError(f"runtime.num_nodes must be >= 1, got {self.num_nodes}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"runtime.threads must be >= 1, got {self.threads}")
+        if self.collective_timeout_s <= 0:
+            raise ValueError("runtime.collective_timeout_s must be > 0")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases logging. The mode comes from here, else WANDB_MODE, else it is
+    'online' when credentials exist and 'offline' when they do not."""
+
+    enabled: bool = True
+    """Log to wandb at all."""
+    project: str = "sae-toolkit"
+    """wandb project name."""
+    entity: str | None = None
+    """wandb entity (team or user); None uses the default."""
+    name: str | None = None
+    """Run name; None lets wandb pick one."""
+    mode: Literal["online", "offline", "disabled"] | None = None
+    """Force a mode; None decides from the environment (see above)."""
+    tags: list[str] = field(default_factory=list)
+    """Tags attached to the run."""
+
+
+def apply_threads(runtime: RuntimeConfig) -> None:
+    if runtime.threads is not None:
+        torch.set_num_threads(runtime.threads)
+
+
+def wandb_mode(config: WandbConfig) -> str:
+    """The mode this run uses: config, then WANDB_MODE, then credentials decide."""
+    if not config.enabled:
+        return "disabled"
+    if config.mode is not None:
+        return config.mode
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled", "dryrun", "run"):
+        return {"dryrun": "offline", "run": "online"}.get(env, env)
+    return "online" if _has_wandb_credentials() else "offline"
+
+
+def _has_wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    try:
+        return "api.wandb.ai" in netrc.read_text()
+    except OSError:
+        return False
+
+
+def shared_run_id() -> str:
+    """One run id for all ranks: made by the first process, inherited through the environment
+    by the processes Lightning launches."""
+    run_id = os.environ.get(RUN_ID_ENV)
+    if not run_id:
+        run_id = secrets.token_hex(4)
+        os.environ[RUN_ID_ENV] = run_id
+    return run_id
+
+
+def make_wandb_logger(config: WandbConfig, out_dir: Path, run_config: dict[str, Any]) -> Any:
+    """Lightning's real ``WandbLogger`` writing under ``out_dir/wandb``, or None when disabled."""
+    mode = wandb_mode(config)
+    if mode == "disabled":
+        return None
+    from lightning.pytorch.loggers import WandbLogger
+
+    os.environ.setdefault("WANDB_SILENT", "true")
+    if mode == "online" and not _wandb_reachable():
+        print("warning: wandb server unreachable; logging offline (sync later with `wandb sync`)",
+              file=sys.stderr)
+        mode = "offline"
+    (out_dir / "wandb").mkdir(parents=True, exist_ok=True)
+    return WandbLogger(
+        project=config.project,
+        entity=config.entity,
+        name=config.name,
+        id=shared_run_id(),
+        save_dir=str(out_dir),
+        tags=config.tags or None,
+        mode=mode,
+        config=run_config,
+        resume="allow",
+    )
+
+
+def _wandb_reachable(timeout_s: float = 3.0) -> bool:
+    import socket
+
+    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    try:
+        socket.create_connection((host.split(":")[0], 443), timeout=timeout_s).close()
+        return True
+    except OSError:
+        return False
+
+
+def finish_wandb(logger: Any) -> None:
+    """Close the wandb run on rank 0 so its files are complete (required under DDP)."""
+    if logger is None:
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.run.finish()
+
+
+def make_trainer(
+    runtime: RuntimeConfig,
+    max_steps: int,
+    out_dir: Path,
+    logger: Any = None,
+    callbacks: list[Any] = (),
+    log_every: int = 50,
+    checkpoint_every: int = 1000,
+) -> Any:
+    """A Lightning ``Trainer`` configured for many tiny steps: no sanity checks, no model
+    summary, atomic checkpoints in ``out_dir/checkpoints`` (``last.ckpt`` is what resumes),
+    a NaN guard and a clean stop on SIGINT/SIGTERM."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    from sae.training_guards import AtomicCheckpointIO, FiniteGuard, StopOnSignal
+
+    strategy: Any = runtime.strategy
+    if runtime.devices * runtime.num_nodes > 1 or runtime.strategy != "auto":
+        strategy = _ddp_strategy(runtime)
+    checkpoint_every = max(1, min(max_steps, checkpoint_every))
+    all_callbacks = [FiniteGuard(math.gcd(log_every, checkpoint_every), out_dir), StopOnSignal(out_dir)]
+    all_callbacks += list(callbacks)
+    all_callbacks.append(
+        ModelCheckpoint(
+            dirpath=out_dir / "checkpoints",
+            filename="step{step}",
+            save_last=True,
+            save_top_k=0,
+            every_n_train_steps=checkpoint_every,
+            auto_insert_metric_name=False,
+        )
+    )
+    if runtime.progress_bar:
+        all_callbacks.append(TQDMProgressBar(refresh_rate=max(1, max_steps // 100)))
+    try:
+        return L.Trainer(
+            accelerator=runtime.accelerator,
+            devices=runtime.devices,
+            num_nodes=runtime.num_nodes,
+            strategy=strategy,
+            max_steps=max_steps,
+            max_epochs=-1,
+            logger=logger if logger is not None else False,
+            callbacks=all_callbacks,
+            enable_progress_bar=runtime.progress_bar,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            log_every_n_steps=log_every,
+            default_root_dir=str(out_dir),
+            deterministic=False,
+            use_distributed_sampler=False,
+            plugins=[AtomicCheckpointIO()],
+        )
+    except (ValueError, RuntimeError) as e:
+        raise UsageError(f"cannot set up devices: {str(e).splitlines()[0]}") from None
+
+
+def _ddp_strategy(runtime: RuntimeConfig) -> Any:
+    from lightning.pytorch.strategies import DDPStrategy
+
+    start_method = {"ddp": "popen", "auto": "popen", "ddp_spawn": "spawn", "ddp_fork": "fork"}
+    return DDPStrategy(
+        start_method=start_method[runtime.strategy],
+        timeout=datetime.timedelta(seconds=runtime.collective_timeout_s),
+    )

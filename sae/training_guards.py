@@ -1,0 +1,131 @@
+"""What keeps a run from losing work: atomic checkpoints, a stop on NaN that keeps the last good
+checkpoint, a checkpoint on SIGINT/SIGTERM, and ``run_fit`` which resumes from it."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from sae.errors import RunError, UsageError
+from sae.files import atomic_path
+
+CHECKPOINT_DIR = "checkpoints"
+LAST = "last.ckpt"
+
+
+class Interrupted(RunError):
+    """The run was stopped by a signal after saving a checkpoint."""
+
+    exit_code = 130
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written to a temporary file and renamed into place."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+
+
+class FiniteGuard(Callback):
+    """Stops the run on a NaN/Inf loss or weight. Checks only on logging and checkpoint steps
+    (no per-step host sync); ModelCheckpoint runs after this callback, so a bad state is never
+    saved and the last checkpoint on disk stays good."""
+
+    def __init__(self, every: int, out_dir: Path) -> None:
+        self.every = every
+        self.out_dir = out_dir
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        step = trainer.global_step
+        if step % self.every and step != trainer.max_steps:
+            return
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        ok = bool(torch.isfinite(loss).all()) and all(bool(torch.isfinite(p).all()) for p in module.parameters())
+        if not ok:
+            last = self.out_dir / CHECKPOINT_DIR / LAST
+            kept = f"; last good checkpoint: {last}" if last.exists() else ""
+            raise RunError(f"training diverged: loss or weights became NaN/Inf by step {step}{kept} "
+                           "(try a lower learning rate)")
+
+
+class StopOnSignal(Callback):
+    """SIGINT or SIGTERM: finish the current step, save ``last.ckpt`` and stop.
+
+    One process stops here; under DDP the flag rides on Lightning's own per-step SIGTERM
+    broadcast from rank 0, which raises on every rank at the same step."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.received: int | None = None
+        self._trainer: Any = None
+        self._previous: dict[int, Any] = {}
+
+    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._trainer = trainer
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.getsignal(sig)
+                signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+        if self._trainer is not None:
+            self._trainer._signal_connector.received_sigterm = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.received is not None and trainer.world_size == 1:
+            self._save(trainer)
+            trainer.should_stop = True
+
+    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self._save(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self.restore()
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _save(self, trainer: L.Trainer) -> None:
+        finite = all(bool(torch.isfinite(p).all()) for p in trainer.lightning_module.parameters())
+        if finite:
+            trainer.save_checkpoint(self.out_dir / CHECKPOINT_DIR / LAST)
+
+
+def last_checkpoint(out_dir: Path) -> Path:
+    return Path(out_dir) / CHECKPOINT_DIR / LAST
+
+
+def run_fit(trainer: L.Trainer, module: L.LightningModule, data: Any, out_dir: Path, resume: bool) -> None:
+    """``trainer.fit`` from ``last.ckpt`` when resuming; signals and failures become one-line
+    errors."""
+    ckpt = last_checkpoint(out_dir)
+    if resume and not ckpt.exists():
+        raise UsageError(f"nothing to resume in {out_dir}: no {CHECKPOINT_DIR}/{LAST}")
+    stopper = next((c for c in trainer.callbacks if isinstance(c, StopOnSignal)), None)
+    try:
+        trainer.fit(module, train_dataloaders=data, ckpt_path=str(ckpt) if resume else None)
+    except SIGTERMException:
+        raise Interrupted(_interrupted_message(trainer, out_dir)) from None
+    finally:
+        if stopper is not None:
+            stopper.restore()
+    if stopper is not None and stopper.received is not None:
+        raise Interrupted(_interrupted_message(trainer, out_dir))
+
+
+def _interrupted_message(trainer: L.Trainer, out_dir: Path) -> str:
+    return (f"interrupted at step {trainer.global_step}; checkpoint saved, continue with "
+            f"--resume (output folder {out_dir})")

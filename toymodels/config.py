@@ -1,0 +1,151 @@
+"""Typed configuration of a toy-model run (one dataclass per concern, loaded from YAML)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from sae.runtime import RuntimeConfig, WandbConfig
+
+ToyKind = Literal["linear", "relu_output", "relu_hidden", "abs"]
+
+
+@dataclass
+class ToyModelConfig:
+    """The network: x (n_features) -> h (n_hidden) -> x' (n_features)."""
+
+    kind: ToyKind = "relu_output"
+    """linear: x' = WᵀWx + b; relu_output: x' = ReLU(WᵀWx + b); relu_hidden: h = ReLU(Wx),
+    x' = ReLU(Wᵀh + b); abs: h = ReLU(W₁x), y' = ReLU(W₂h + b) with target |x|."""
+    n_features: int = 5
+    """Input features n."""
+    n_hidden: int = 2
+    """Hidden dimensions (or neurons) m."""
+
+    def validate(self) -> None:
+        if self.n_features < 1 or self.n_hidden < 1:
+            raise ValueError("model.n_features and model.n_hidden must be >= 1")
+
+
+@dataclass
+class ToyDataConfig:
+    """The synthetic feature distribution. Feature i is nonzero with probability p = 1 − S,
+    then uniform on [0, 1] ([−1, 1] for the abs model)."""
+
+    feature_probability: list[float] = field(default_factory=lambda: [0.05])
+    """Feature density p = 1 − S, one value per instance group (a sparsity sweep)."""
+    relative_density: list[float] | None = None
+    """Optional per-feature multiplier of p (n_features values), e.g. one denser feature."""
+    importance_decay: float = 1.0
+    """Importance of feature i is importance_decay ** i (1.0: uniform)."""
+    importance: list[float] | None = None
+    """Explicit per-feature importances (n_features values); overrides importance_decay."""
+    correlated_sets: int = 0
+    """Number of correlated sets (features 0 .. correlated_sets·set_size − 1): one draw decides
+    whether the whole set is zero, each active member has its own magnitude."""
+    anticorrelated_sets: int = 0
+    """Number of anticorrelated sets, placed after the correlated ones: the set is zero with
+    probability S, else exactly one member (uniformly chosen) is active."""
+    set_size: int = 2
+    """Features per (anti)correlated set."""
+    repeats: int = 1
+    """Independently initialised instances per feature_probability value (seeds)."""
+
+    def validate(self) -> None:
+        for p in self.feature_probability:
+            if not 0.0 < p <= 1.0:
+                raise ValueError(f"data.feature_probability must lie in (0, 1], got {p}")
+        if not self.feature_probability:
+            raise ValueError("data.feature_probability needs at least one value")
+        if self.relative_density is not None and any(r <= 0 for r in self.relative_density):
+            raise ValueError("data.relative_density values must be > 0")
+        if self.importance_decay <= 0:
+            raise ValueError(f"data.importance_decay must be > 0, got {self.importance_decay}")
+        if self.importance is not None and any(i < 0 for i in self.importance):
+            raise ValueError("data.importance values must be >= 0")
+        if self.correlated_sets < 0 or self.anticorrelated_sets < 0 or self.set_size < 1:
+            raise ValueError("data set counts must be >= 0 and data.set_size >= 1")
+        if self.repeats < 1:
+            raise ValueError(f"data.repeats must be >= 1, got {self.repeats}")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with an optional warm-up and decay (the paper's recipe by default)."""
+
+    lr: float = 1e-3
+    """Peak learning rate."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (PyTorch's default, as in Anthropic's notebook)."""
+    schedule: Literal["constant", "linear", "cosine"] = "constant"
+    """LR after warm-up: constant, or linear / cosine decay to 0 at the last step."""
+    warmup_steps: int = 0
+    """Linear LR warm-up from 0 over this many steps."""
+
+    def validate(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ValueError("optim.weight_decay and optim.warmup_steps must be >= 0")
+
+
+@dataclass
+class ToyTrainConfig:
+    """The training loop."""
+
+    steps: int = 10_000
+    """Optimizer steps."""
+    batch_size: int = 1024
+    """Global batch size (split evenly across devices)."""
+    seed: int = 0
+    """Seeds the initialisation and the data stream."""
+    restarts: int = 1
+    """Best-of-k: train k copies of every instance, keep the one with the lowest loss."""
+    data_shards: int | None = None
+    """The global batch is drawn in this many seeded blocks; a run on N devices draws
+    data_shards / N blocks per rank. Runs with the same value see the same data whatever the
+    device count. None: one block per device."""
+    eval_samples: int = 65_536
+    """Fresh samples used to measure each instance's final loss (and pick restarts)."""
+    log_every: int = 100
+    """Log metrics every this many steps."""
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"train.steps must be >= 1, got {self.steps}")
+        if self.batch_size < 1 or self.restarts < 1 or self.eval_samples < 1:
+            raise ValueError("train.batch_size, train.restarts, train.eval_samples must be >= 1")
+        if self.data_shards is not None and self.data_shards < 1:
+            raise ValueError("train.data_shards must be >= 1")
+        if self.log_every < 1:
+            raise ValueError("train.log_every must be >= 1")
+
+
+@dataclass
+class ToyConfig:
+    """A complete toy-model run."""
+
+    model: ToyModelConfig = field(default_factory=ToyModelConfig)
+    data: ToyDataConfig = field(default_factory=ToyDataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: ToyTrainConfig = field(default_factory=ToyTrainConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def validate(self) -> None:
+        n = self.model.n_features
+        d = self.data
+        if d.relative_density is not None and len(d.relative_density) != n:
+            raise ValueError(f"data.relative_density needs {n} values, got {len(d.relative_density)}")
+        if d.importance is not None and len(d.importance) != n:
+            raise ValueError(f"data.importance needs {n} values, got {len(d.importance)}")
+        in_sets = (d.correlated_sets + d.anticorrelated_sets) * d.set_size
+        if in_sets > n:
+            raise ValueError(f"data sets need {in_sets} features but model.n_features is {n}")
+        if self.train.batch_size % (self.runtime.devices * self.runtime.num_nodes):
+            raise ValueError("train.batch_size must divide evenly across devices")
+
+    @property
+    def n_instances(self) -> int:
+        """Instances after restarts are resolved: one per (probability, repeat)."""
+        return len(self.data.feature_probability) * self.data.repeats

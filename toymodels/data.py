@@ -1,0 +1,114 @@
+"""The paper's synthetic features, drawn on the model's device inside the training step.
+
+Definitions (Elhage et al. 2022, "Demonstrating Superposition" and "Correlated and
+Anticorrelated Features"):
+
+- independent feature i: zero with probability S = 1 − p, else uniform on [0, 1]
+  ([−1, 1] when ``signed``, the absolute-value task);
+- correlated set: one draw decides whether the whole set is zero (probability S); each member
+  that is on has its own uniform magnitude;
+- anticorrelated set: the set is zero with probability S, else exactly one member, chosen
+  uniformly, is active with a uniform magnitude.
+
+One uniform draw per element does the work of two: with u ~ U[0, 1], "u < p" is the on/off
+event and, given it, u / p is again U[0, 1]. An anticorrelated set likewise reads its on/off
+event, its member and the magnitude from a single draw.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from toymodels.config import ToyDataConfig
+
+
+class FeatureDistribution(nn.Module):
+    """Samples x [batch, instances, n_features]; holds p and importance as buffers so they
+    follow the model onto its device."""
+
+    probability: Tensor
+    importance: Tensor
+
+    def __init__(
+        self,
+        probability: Tensor,
+        importance: Tensor,
+        correlated_sets: int = 0,
+        anticorrelated_sets: int = 0,
+        set_size: int = 2,
+        signed: bool = False,
+    ) -> None:
+        super().__init__()
+        n_instances, n_features = probability.shape
+        if importance.shape != probability.shape:
+            raise ValueError("importance and probability must both be [instances, features]")
+        self.register_buffer("probability", probability.float().clone())
+        self.register_buffer("importance", importance.float().clone())
+        self.correlated_sets = correlated_sets
+        self.anticorrelated_sets = anticorrelated_sets
+        self.set_size = set_size
+        self.signed = signed
+        self.n_instances, self.n_features = n_instances, n_features
+
+    @classmethod
+    def from_config(
+        cls, config: ToyDataConfig, n_features: int, repeats_each: int = 1, signed: bool = False
+    ) -> FeatureDistribution:
+        """Instances ordered (probability value, repeat, restart): each value of
+        ``config.feature_probability`` covers ``config.repeats * repeats_each`` instances."""
+        per_value = config.repeats * repeats_each
+        p = torch.tensor(config.feature_probability, dtype=torch.float64)
+        p = p.repeat_interleave(per_value)[:, None].expand(-1, n_features)
+        if config.relative_density is not None:
+            p = p * torch.tensor(config.relative_density, dtype=torch.float64)
+        p = p.clamp(max=1.0)
+        if config.importance is not None:
+            imp = torch.tensor(config.importance, dtype=torch.float64)
+        else:
+            imp = config.importance_decay ** torch.arange(n_features, dtype=torch.float64)
+        imp = imp.expand_as(p)
+        return cls(
+            p.float(),
+            imp.float(),
+            config.correlated_sets,
+            config.anticorrelated_sets,
+            config.set_size,
+            signed,
+        )
+
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draw x [batch_size, instances, n_features] on the buffers' device."""
+        p = self.probability
+        u = torch.rand(
+            (batch_size, self.n_instances, self.n_features),
+            device=p.device,
+            generator=generator,
+        )
+        x = torch.where(u < p, self._magnitude(u / p), 0.0)
+        k = self.set_size
+        n_corr = self.correlated_sets * k
+        if self.correlated_sets:
+            gate = torch.rand(
+                (batch_size, self.n_instances, self.correlated_sets),
+                device=p.device,
+                generator=generator,
+            )
+            p_set = p[:, :n_corr:k]
+            on = (gate < p_set).repeat_interleave(k, dim=-1)
+            x[..., :n_corr] = torch.where(on, self._magnitude(u[..., :n_corr]), 0.0)
+        if self.anticorrelated_sets:
+            a = self.anticorrelated_sets
+            g = torch.rand((batch_size, self.n_instances, a), device=p.device, generator=generator)
+            p_set = p[:, n_corr : n_corr + a * k : k]
+            scaled = (g / p_set) * k  # in [0, k) exactly when the set is on
+            member = scaled.floor().clamp_(max=k - 1)
+            magnitude = self._magnitude(scaled - member)
+            slots = torch.arange(k, device=p.device, dtype=member.dtype)
+            chosen = (member[..., None] == slots) & (g < p_set)[..., None]
+            block = torch.where(chosen, magnitude[..., None], 0.0)
+            x[..., n_corr : n_corr + a * k] = block.flatten(-2)
+        return x
+
+    def _magnitude(self, unit: Tensor) -> Tensor:
+        return unit * 2.0 - 1.0 if self.signed else unit

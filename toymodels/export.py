@@ -1,0 +1,105 @@
+"""Export a trained toy model's activations with their ground truth (the activation-file contract)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae.activations import write_activation_file
+from sae.config_io import config_to_dict
+from sae.errors import UsageError
+from toymodels.data import FeatureDistribution
+from toymodels.io import load_toy_model
+from toymodels.models import build_model
+
+REPRESENTED_NORM = 0.5
+
+
+class ToyActivationSource:
+    """Fresh activations of one toy-model instance, drawn on demand (for live SAE training)."""
+
+    def __init__(self, run_dir: str | Path, instance: int) -> None:
+        loaded = load_toy_model(run_dir)
+        n = loaded.config.n_instances
+        if not 0 <= instance < n:
+            raise UsageError(f"instance {instance} out of range: {run_dir} has instances 0..{n - 1}")
+        m = loaded.config.model
+        self.config = loaded.config
+        self.instance = instance
+        self.model = build_model(m.kind, 1, m.n_features, m.n_hidden)
+        self.model.load_state_dict({k: v[instance : instance + 1] for k, v in loaded.model.state_dict().items()})
+        self.model.requires_grad_(False)
+        dist = loaded.distribution
+        self.distribution = FeatureDistribution(
+            dist.probability[instance : instance + 1], dist.importance[instance : instance + 1],
+            dist.correlated_sets, dist.anticorrelated_sets, dist.set_size, dist.signed,
+        )
+        directions, self.feature_names = self.model.ground_truth()
+        self.ground_truth = directions[0]
+        self.d = self.ground_truth.shape[1]
+
+    def to(self, device: torch.device | str) -> ToyActivationSource:
+        self.model.to(device)
+        self.distribution.to(device)
+        return self
+
+    @torch.no_grad()
+    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(activations [B, d], true codes [B, n_ground]) for ``batch_size`` fresh inputs."""
+        x = self.distribution.sample(batch_size, generator)
+        h = self.model(x).hidden[:, 0]
+        codes = x[:, 0]
+        if self.model.kind == "abs":
+            codes = torch.cat([codes.clamp_min(0), (-codes).clamp_min(0)], dim=-1)
+        return h, codes
+
+    def feature_probability(self) -> torch.Tensor:
+        p = self.distribution.probability[0].cpu()
+        return torch.cat([p / 2, p / 2]) if self.model.kind == "abs" else p
+
+    def represented(self) -> torch.Tensor:
+        return self.ground_truth.norm(dim=-1).cpu() > REPRESENTED_NORM
+
+    def info(self, run_dir: str | Path) -> dict[str, Any]:
+        return {
+            "source": "toy-model",
+            "run_dir": str(run_dir),
+            "model_kind": self.model.kind,
+            "instance": self.instance,
+            "feature_names": self.feature_names,
+            "config": config_to_dict(self.config),
+        }
+
+
+def export_activations(
+    run_dir: str | Path,
+    instance: int,
+    samples: int,
+    out: str | Path,
+    seed: int = 0,
+    feature_acts: bool = True,
+    chunk: int = 65_536,
+) -> Path:
+    """Write ``samples`` activations of ``instance`` with ground truth to ``out``."""
+    if samples < 1:
+        raise UsageError(f"--samples must be >= 1, got {samples}")
+    source = ToyActivationSource(run_dir, instance)
+    g = torch.Generator().manual_seed(seed)
+    acts, codes = [], []
+    for start in range(0, samples, chunk):
+        h, c = source.sample(min(chunk, samples - start), g)
+        acts.append(h)
+        codes.append(c)
+    info = source.info(run_dir) | {"samples": samples, "seed": seed}
+    write_activation_file(
+        out,
+        torch.cat(acts),
+        ground_truth=source.ground_truth,
+        feature_probability=source.feature_probability(),
+        represented=source.represented(),
+        feature_acts=torch.cat(codes) if feature_acts else None,
+        info=info,
+    )
+    return Path(out)

@@ -1,0 +1,94 @@
+"""A thin ``LightningModule`` around a toy model: data drawn inside the step, loss summed over
+instances, AdamW with the configured schedule, metrics only on logging steps."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from sae.config_io import config_to_dict, from_dict
+from sae.schedules import lr_lambda
+from sae.seeding import shard_seed
+from toymodels.config import ToyConfig
+from toymodels.data import FeatureDistribution
+from toymodels.diagnostics import diagnose
+from toymodels.models import ToyModel, build_model, weighted_loss
+
+
+class ToyModelModule(L.LightningModule):
+    def __init__(self, config: ToyConfig | dict[str, Any]) -> None:
+        super().__init__()
+        if isinstance(config, dict):
+            config = from_dict(ToyConfig, config)
+        self.config = config
+        # Saved in checkpoints so a run resumes from the file alone.
+        self.save_hyperparameters({"config": config_to_dict(config)})
+        m, restarts = config.model, config.train.restarts
+        self.model: ToyModel = build_model(
+            m.kind, config.n_instances * restarts, m.n_features, m.n_hidden, config.train.seed
+        )
+        self.distribution = FeatureDistribution.from_config(
+            config.data, m.n_features, repeats_each=restarts, signed=m.kind == "abs"
+        )
+        self._generator: torch.Generator | None = None
+
+    def draw_batch(self, step: int) -> Tensor:
+        """This rank's share of global batch ``step``: blocks of a seeded stream, so any
+        device count that divides ``data_shards`` sees the same global batch."""
+        train = self.config.train
+        world = self.trainer.world_size if self._trainer is not None else 1
+        rank = self.global_rank if self._trainer is not None else 0
+        shards = train.data_shards or world
+        per_rank, block = shards // world, train.batch_size // shards
+        if self._generator is None or self._generator.device != self.device:
+            self._generator = torch.Generator(device=self.device)
+        parts = []
+        for shard in range(rank * per_rank, (rank + 1) * per_rank):
+            self._generator.manual_seed(shard_seed(train.seed, step, shard))
+            parts.append(self.distribution.sample(block, self._generator))
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def per_instance_loss(self, x: Tensor) -> Tensor:
+        out = self.model(x).output
+        return weighted_loss(out, self.model.target(x), self.distribution.importance)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        per_instance = self.per_instance_loss(self.draw_batch(self.global_step))
+        loss = per_instance.sum()
+        if self.global_step % self.config.train.log_every == 0:
+            self._log_metrics(loss, per_instance)
+        return loss
+
+    def _log_metrics(self, loss: Tensor, per_instance: Tensor) -> None:
+        diag = diagnose(self.model.feature_weights)
+        metrics: dict[str, Tensor] = {"train/loss": loss.detach()}
+        for k in range(per_instance.shape[0]):
+            metrics[f"loss/instance_{k}"] = per_instance[k].detach()
+            metrics[f"n_represented/instance_{k}"] = diag.n_represented[k].float()
+            metrics[f"dims_per_feature/instance_{k}"] = diag.dims_per_feature[k]
+        self.log_dict(metrics, on_step=True, sync_dist=True)
+
+    def configure_optimizers(self) -> Any:
+        o = self.config.optim
+        optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(o.schedule, o.warmup_steps, self.config.train.steps)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+    @torch.no_grad()
+    def evaluate(self, samples: int, seed_offset: int = 1_000_003) -> Tensor:
+        """Per-instance loss [instances] on fresh samples from a stream training never uses."""
+        g = torch.Generator(device=self.device)
+        total = torch.zeros(self.distribution.n_instances, device=self.device, dtype=torch.float64)
+        chunk = min(samples, 8192)
+        done, i = 0, 0
+        while done < samples:
+            n = min(chunk, samples - done)
+            g.manual_seed(shard_seed(self.config.train.seed + seed_offset, i, 0))
+            total += self.per_instance_loss(self.distribution.sample(n, g)).double() * n
+            done, i = done + n, i + 1
+        return (total / samples).float()

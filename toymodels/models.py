@@ -1,0 +1,122 @@
+"""The toy models as plain ``nn.Module``s with a leading instances dimension.
+
+Many independent models share one weight tensor: ``W[k]`` belongs to instance k alone and the
+loss is summed over instances, so gradients never mix and a whole sweep is one batched run.
+Row i of ``W[k]`` ([n_features, n_hidden]) is feature i's direction in the hidden space, the
+paper's column W_i (h = Wx in the paper is ``x @ W`` here).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from toymodels.config import ToyKind
+
+
+class ToyOutput(NamedTuple):
+    hidden: Tensor
+    """[batch, instances, n_hidden]: what an SAE sees."""
+    output: Tensor
+    """[batch, instances, n_features]: the reconstruction x' (or y' for abs)."""
+
+
+def xavier_normal(shape: tuple[int, ...], fan_in: int, fan_out: int, generator: torch.Generator) -> Tensor:
+    std = math.sqrt(2.0 / (fan_in + fan_out))
+    return torch.randn(shape, generator=generator) * std
+
+
+class TiedToyModel(nn.Module):
+    """linear, relu_output and relu_hidden: one tied W [instances, n_features, n_hidden]."""
+
+    def __init__(
+        self, kind: ToyKind, n_instances: int, n_features: int, n_hidden: int, seed: int = 0
+    ) -> None:
+        super().__init__()
+        if kind not in ("linear", "relu_output", "relu_hidden"):
+            raise ValueError(f"TiedToyModel cannot be {kind!r}")
+        g = torch.Generator().manual_seed(seed)
+        self.kind = kind
+        self.W = nn.Parameter(xavier_normal((n_instances, n_features, n_hidden), n_features, n_hidden, g))
+        self.b = nn.Parameter(torch.zeros(n_instances, n_features))
+
+    def forward(self, x: Tensor) -> ToyOutput:
+        h = torch.einsum("bif,ifh->bih", x, self.W)
+        if self.kind == "relu_hidden":
+            h = torch.relu(h)
+        out = torch.einsum("bih,ifh->bif", h, self.W) + self.b
+        if self.kind != "linear":
+            out = torch.relu(out)
+        return ToyOutput(h, out)
+
+    def target(self, x: Tensor) -> Tensor:
+        return x
+
+    @property
+    def feature_weights(self) -> Tensor:
+        """[instances, n_features, n_hidden]: the weights the diagnostics read."""
+        return self.W
+
+    def ground_truth(self) -> tuple[Tensor, list[str]]:
+        """Feature directions in activation space, [instances, n_ground, n_hidden], and names.
+
+        For the tied models h = Wx, so feature i lives along W_i. For relu_hidden the SAE sees
+        h = ReLU(Wx); a lone feature x_i > 0 gives h = x_i · ReLU(W_i), so that is its direction.
+        """
+        W = self.W.detach()
+        if self.kind == "relu_hidden":
+            W = torch.relu(W)
+        return W, [str(i) for i in range(W.shape[1])]
+
+
+class AbsValueModel(nn.Module):
+    """Computes |x|: h = ReLU(W₁x), y' = ReLU(W₂h + b). W1 [inst, n_features, n_hidden],
+    W2 [inst, n_hidden, n_features]."""
+
+    kind = "abs"
+
+    def __init__(self, n_instances: int, n_features: int, n_hidden: int, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.W1 = nn.Parameter(xavier_normal((n_instances, n_features, n_hidden), n_features, n_hidden, g))
+        self.W2 = nn.Parameter(xavier_normal((n_instances, n_hidden, n_features), n_hidden, n_features, g))
+        self.b = nn.Parameter(torch.zeros(n_instances, n_features))
+
+    def forward(self, x: Tensor) -> ToyOutput:
+        h = torch.relu(torch.einsum("bif,ifh->bih", x, self.W1))
+        out = torch.relu(torch.einsum("bih,ihf->bif", h, self.W2) + self.b)
+        return ToyOutput(h, out)
+
+    def target(self, x: Tensor) -> Tensor:
+        return x.abs()
+
+    @property
+    def feature_weights(self) -> Tensor:
+        return self.W1
+
+    def ground_truth(self) -> tuple[Tensor, list[str]]:
+        """Each feature has two half-directions in the ReLU hidden layer: x_i > 0 gives
+        x_i · ReLU(W₁_i) and x_i < 0 gives |x_i| · ReLU(−W₁_i); named 'i+' and 'i-'."""
+        W = self.W1.detach()
+        n = W.shape[1]
+        directions = torch.cat([torch.relu(W), torch.relu(-W)], dim=1)
+        names = [f"{i}+" for i in range(n)] + [f"{i}-" for i in range(n)]
+        return directions, names
+
+
+ToyModel = TiedToyModel | AbsValueModel
+
+
+def build_model(kind: ToyKind, n_instances: int, n_features: int, n_hidden: int, seed: int = 0) -> ToyModel:
+    if kind == "abs":
+        return AbsValueModel(n_instances, n_features, n_hidden, seed)
+    return TiedToyModel(kind, n_instances, n_features, n_hidden, seed)
+
+
+def weighted_loss(output: Tensor, target: Tensor, importance: Tensor) -> Tensor:
+    """Per-instance loss [instances]: importance-weighted squared error, mean over batch and
+    features. The training loss is its sum over instances, so instances never interact."""
+    return (importance * (output - target).square()).mean(dim=(0, 2))

@@ -1,0 +1,178 @@
+"""Matplotlib plots of one trained toy-model instance (Elhage et al. 2022).
+
+Inputs are numpy arrays. A weight matrix ``W`` has shape [n_features, n_hidden]: row i is
+feature i's direction in the hidden space (the paper's column W_i; h = x @ W), and ``b`` is
+the output bias [n_features]. Every function saves a PNG through ``sae.files.save_figure``
+and returns the path it wrote.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.cm import ScalarMappable  # noqa: E402
+from matplotlib.colors import ListedColormap, Normalize  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+from matplotlib.transforms import blended_transform_factory  # noqa: E402
+
+from sae.files import save_figure  # noqa: E402
+
+# (value, label) guide lines of the feature-dimensionality plot, from the paper's figure.
+DIMENSIONALITY_GUIDES: tuple[tuple[float, str], ...] = (
+    (1.0, "1 dedicated"),
+    (3 / 4, "3/4 tetrahedron"),
+    (2 / 3, "2/3 triangle"),
+    (1 / 2, "1/2 antipodal (digon)"),
+    (2 / 5, "2/5 pentagon"),
+    (3 / 8, "3/8 square antiprism"),
+    (1 / 3, "1/3"),
+)
+
+
+def _finish(fig: plt.Figure, path: str | os.PathLike, title: str) -> Path:
+    """Set the title, save the figure atomically and return the path."""
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)
+    return Path(path)
+
+
+def plot_wtw(W: np.ndarray, b: np.ndarray, path: str | os.PathLike, title: str = "") -> Path:
+    """Heatmap of W Wᵀ (the paper's WᵀW) with the bias as a narrow column, one colour scale."""
+    W = np.asarray(W, dtype=float).reshape(len(W), -1)
+    b = np.asarray(b, dtype=float).reshape(-1, 1)
+    gram = W @ W.T
+    n = gram.shape[0]
+    vmax = float(np.nanmax(np.abs(np.concatenate([gram.ravel(), b.ravel(), [0.0]]))))
+    vmax = vmax if vmax > 0 else 1.0
+    size = float(np.clip(0.22 * n + 2.0, 3.0, 12.0))
+    fig, (ax, ax_b) = plt.subplots(
+        1,
+        2,
+        figsize=(size + 1.6, size),
+        layout="constrained",
+        gridspec_kw={"width_ratios": [n, max(1.0, n / 20)]},
+    )
+    kw = {"cmap": "RdBu", "vmin": -vmax, "vmax": vmax, "interpolation": "nearest"}
+    im = ax.imshow(gram, **kw)
+    ax_b.imshow(b, aspect="auto", **kw)
+    ax.set(xlabel="feature j", ylabel="feature i", title="W Wᵀ")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax_b.set(xticks=[], yticks=[], title="b", ylim=ax.get_ylim())
+    fig.colorbar(im, ax=[ax, ax_b], shrink=0.9)
+    return _finish(fig, path, title)
+
+
+def plot_feature_norms(
+    norms: np.ndarray, interference: np.ndarray, path: str | os.PathLike, title: str = ""
+) -> Path:
+    """Horizontal bars of ‖W_i‖ (feature 0 on top) coloured by Σ_{j≠i}(Ŵ_i·W_j)²."""
+    norms = np.asarray(norms, dtype=float).ravel()
+    interference = np.nan_to_num(np.asarray(interference, dtype=float).ravel(), nan=0.0)
+    n = norms.size
+    cmap, norm = plt.get_cmap("inferno"), Normalize(0.0, 1.0, clip=True)
+    fig, ax = plt.subplots(
+        figsize=(5.5, float(np.clip(0.22 * n + 1.2, 3.2, 14.0))), layout="constrained"
+    )
+    ax.barh(np.arange(n), norms, color=cmap(norm(interference)), edgecolor="0.5", linewidth=0.4)
+    ax.set_ylim(n - 0.5, -0.5)
+    ax.set_xlim(0.0, max(1.1, float(np.nanmax(norms, initial=0.0)) * 1.05))
+    ax.axvline(1.0, color="0.6", linestyle=":", linewidth=0.8)
+    ax.set(xlabel=r"$\|W_i\|$", ylabel="feature i")
+    if n <= 40:
+        ax.set_yticks(np.arange(n))
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, extend="max")
+    cbar.set_ticks([0.0, 0.5, 1.0], labels=["0 orthogonal", "0.5", "≥1 superposed"])
+    cbar.set_label(r"interference $\sum_{j\neq i}(\hat{W}_i\cdot W_j)^2$")
+    return _finish(fig, path, title)
+
+
+def plot_dimensionality(
+    feature_probability: np.ndarray,
+    dimensionality: np.ndarray,
+    dims_per_feature: np.ndarray,
+    path: str | os.PathLike,
+    title: str = "",
+) -> Path:
+    """Scatter of per-feature D_i against 1/(1−S), with D* = m/‖W‖_F² and geometry guides."""
+    dim = np.atleast_2d(np.asarray(dimensionality, dtype=float))
+    with np.errstate(divide="ignore"):
+        x = 1.0 / np.asarray(feature_probability, dtype=float)
+    x_inst = x.reshape(dim.shape[0], -1).mean(axis=1)
+    x_feat = np.broadcast_to(x.reshape(dim.shape[0], -1), dim.shape)
+    d_star = np.asarray(dims_per_feature, dtype=float).ravel()
+    fig, ax = plt.subplots(figsize=(8.0, 5.0), layout="constrained")
+    ax.set_xscale("log")
+    ok = np.isfinite(dim) & np.isfinite(x_feat) & (x_feat > 0)
+    zero = ok & (dim < 1e-2)
+    ax.scatter(x_feat[zero], dim[zero], s=8, color="0.75", alpha=0.3, label=r"$D_i \approx 0$")
+    ax.scatter(
+        x_feat[ok & ~zero],
+        dim[ok & ~zero],
+        s=14,
+        color="tab:blue",
+        alpha=0.6,
+        label=r"$D_i$ per feature",
+    )
+    order = np.argsort(x_inst)
+    line_ok = np.isfinite(x_inst[order]) & np.isfinite(d_star[order]) & (x_inst[order] > 0)
+    ax.plot(
+        x_inst[order][line_ok],
+        d_star[order][line_ok],
+        color="black",
+        linewidth=1.5,
+        marker="." if line_ok.sum() < 3 else None,
+        label=r"$D^* = m\,/\,\|W\|_F^2$",
+    )
+    trans = blended_transform_factory(ax.transAxes, ax.transData)
+    label_y = 2.0
+    for value, label in DIMENSIONALITY_GUIDES:  # descending; nudge close labels apart
+        ax.axhline(value, color="0.55", linestyle="--", linewidth=0.7, zorder=0)
+        label_y = min(value, label_y - 0.045)
+        ax.text(1.01, label_y, label, transform=trans, fontsize=7.5, color="0.3", va="center")
+    ax.set_ylim(-0.03, 1.1)
+    ax.set_xlabel("1 / (1 − S)  (1 / feature probability)")
+    ax.set_ylabel(r"feature dimensionality $D_i$")
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8, frameon=False)
+    return _finish(fig, path, title)
+
+
+def plot_neuron_stack(W: np.ndarray, path: str | os.PathLike, title: str = "") -> Path:
+    """Per-neuron stacked bars of feature weights (positive up, negative down), by feature."""
+    W = np.asarray(W, dtype=float).reshape(len(W), -1)
+    n_features, n_hidden = W.shape
+    order = np.argsort(np.argmax(np.abs(W), axis=0), kind="stable")
+    Ws = W[:, order]
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.92, max(n_features, 2)))[:n_features]
+    fig, ax = plt.subplots(
+        figsize=(float(np.clip(0.45 * n_hidden + 2.5, 4.0, 16.0)), 4.5), layout="constrained"
+    )
+    x = np.arange(n_hidden)
+    pos_bottom, neg_bottom = np.zeros(n_hidden), np.zeros(n_hidden)
+    for i in range(n_features):
+        pos, neg = np.clip(Ws[i], 0, None), np.clip(Ws[i], None, 0)
+        ax.bar(x, pos, bottom=pos_bottom, color=colors[i], edgecolor="white", linewidth=0.5)
+        ax.bar(x, neg, bottom=neg_bottom, color=colors[i], edgecolor="white", linewidth=0.5)
+        pos_bottom, neg_bottom = pos_bottom + pos, neg_bottom + neg
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xticks(x, [str(j) for j in order], fontsize=8 if n_hidden <= 40 else 5)
+    ax.set(xlabel="hidden neuron (sorted by strongest feature)", ylabel="weight W[i, neuron]")
+    ax.set_xlim(-0.6, n_hidden - 0.4)
+    lo, hi = float(neg_bottom.min(initial=0.0)), float(pos_bottom.max(initial=0.0))
+    pad = 0.05 * (hi - lo) if hi > lo else 1.0
+    ax.set_ylim(lo - pad, hi + pad)
+    cmap = ListedColormap(colors)
+    sm = ScalarMappable(norm=Normalize(-0.5, n_features - 0.5), cmap=cmap)
+    cbar = fig.colorbar(sm, ax=ax, pad=0.02)
+    step = max(1, n_features // 10)
+    cbar.set_ticks(np.arange(0, n_features, step))
+    cbar.set_label("feature i (0 = most important)")
+    return _finish(fig, path, title)

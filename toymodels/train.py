@@ -1,0 +1,145 @@
+"""One toy-model run: Lightning training, best-of-k selection, weights, metrics and plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sae.config_io import config_to_dict, config_to_yaml
+from sae.files import write_json, write_text
+from sae.runtime import apply_threads, finish_wandb, make_trainer, make_wandb_logger
+from sae.training_guards import run_fit
+from toymodels.config import ToyConfig
+from toymodels.data import FeatureDistribution
+from toymodels.diagnostics import diagnose
+from toymodels.io import MODEL_FILE, save_toy_model
+from toymodels.lightning_module import ToyModelModule
+from toymodels.models import build_model
+
+MAX_INSTANCE_PLOTS = 16
+
+
+def train_toy(config: ToyConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any] | None:
+    """Train, then on rank 0 write config.yaml, model.safetensors, metrics.json and plots/.
+
+    Returns the metrics record on rank 0 and None on the other ranks.
+    """
+    out_dir = Path(out_dir)
+    apply_threads(config.runtime)
+    _check_shards(config)
+    module = ToyModelModule(config)
+    logger = make_wandb_logger(config.wandb, out_dir, config_to_dict(config))
+    trainer = make_trainer(
+        config.runtime,
+        config.train.steps,
+        out_dir,
+        logger,
+        log_every=config.train.log_every,
+    )
+    if trainer.is_global_zero:
+        write_text(out_dir / "config.yaml", config_to_yaml(config))
+    run_fit(trainer, module, range(config.train.steps), out_dir, resume)
+    if not trainer.is_global_zero:
+        return None
+    module = module.cpu()
+    result = _finish(module, config, out_dir, logger)
+    finish_wandb(logger)
+    return result
+
+
+def _check_shards(config: ToyConfig) -> None:
+    from sae.errors import UsageError
+
+    world = config.runtime.devices * config.runtime.num_nodes
+    shards = config.train.data_shards or world
+    if shards % world or config.train.batch_size % shards:
+        raise UsageError(
+            f"train.data_shards ({shards}) must be a multiple of the device count ({world}) "
+            f"and divide train.batch_size ({config.train.batch_size})"
+        )
+
+
+def select_restarts(losses: torch.Tensor, restarts: int) -> torch.Tensor:
+    """Index of the lowest-loss restart in each group of ``restarts`` consecutive instances."""
+    groups = losses.view(-1, restarts)
+    return torch.arange(groups.shape[0]) * restarts + groups.argmin(dim=1)
+
+
+@torch.no_grad()
+def _finish(module: ToyModelModule, config: ToyConfig, out_dir: Path, logger: Any) -> dict[str, Any]:
+    losses = module.evaluate(config.train.eval_samples)
+    keep = select_restarts(losses, config.train.restarts)
+    m = config.model
+    model = build_model(m.kind, config.n_instances, m.n_features, m.n_hidden)
+    model.load_state_dict({k: v[keep] for k, v in module.model.state_dict().items()})
+    dist = module.distribution
+    distribution = FeatureDistribution(
+        dist.probability[keep], dist.importance[keep], dist.correlated_sets,
+        dist.anticorrelated_sets, dist.set_size, dist.signed,
+    )
+    save_toy_model(out_dir / MODEL_FILE, model, distribution, config)
+
+    diag = diagnose(model.feature_weights)
+    restart_losses = losses.view(-1, config.train.restarts)
+    records = []
+    for k in range(config.n_instances):
+        records.append({
+            "instance": k,
+            "loss": float(losses[keep[k]]),
+            "restart_losses": restart_losses[k].tolist(),
+            "feature_probability": float(config.data.feature_probability[k // config.data.repeats]),
+            "n_represented": int(diag.n_represented[k]),
+            "dims_per_feature": float(diag.dims_per_feature[k]),
+            "frobenius_norm_sq": float(diag.feature_norms[k].square().sum()),
+            "feature_dimensionality": diag.feature_dimensionality[k].tolist(),
+            "feature_norms": diag.feature_norms[k].tolist(),
+            "interference": diag.interference[k].tolist(),
+        })
+    metrics = {"kind": m.kind, "instances": records}
+    write_json(out_dir / "metrics.json", metrics)
+    plots = _plot(model, distribution, diag, config, out_dir / "plots")
+    if logger is not None:
+        _log_final(logger, records, plots)
+    return metrics
+
+
+def _plot(model: Any, distribution: FeatureDistribution, diag: Any, config: ToyConfig, folder: Path) -> dict[str, Path]:
+    from toymodels import plots
+
+    W = model.feature_weights.detach().numpy()
+    b = model.b.detach().numpy()
+    made: dict[str, Path] = {}
+    for k in range(min(config.n_instances, MAX_INSTANCE_PLOTS)):
+        p = config.data.feature_probability[k // config.data.repeats]
+        title = f"instance {k}, 1-S = {p:g}"
+        made[f"wtw_instance{k}"] = plots.plot_wtw(W[k], b[k], folder / f"wtw_instance{k}.png", title)
+        made[f"feature_norms_instance{k}"] = plots.plot_feature_norms(
+            diag.feature_norms[k].numpy(), diag.interference[k].numpy(),
+            folder / f"feature_norms_instance{k}.png", title,
+        )
+        if config.model.kind in ("relu_hidden", "abs"):
+            made[f"neuron_stack_instance{k}"] = plots.plot_neuron_stack(
+                W[k], folder / f"neuron_stack_instance{k}.png", title
+            )
+    made["dimensionality"] = plots.plot_dimensionality(
+        distribution.probability[:, 0].numpy(),
+        diag.feature_dimensionality.numpy(),
+        diag.dims_per_feature.numpy(),
+        folder / "dimensionality.png",
+        f"{config.model.kind}: n={config.model.n_features}, m={config.model.n_hidden}",
+    )
+    return made
+
+
+def _log_final(logger: Any, records: list[dict[str, Any]], plots: dict[str, Path]) -> None:
+    import wandb
+
+    payload: dict[str, Any] = {f"plots/{name}": wandb.Image(str(path)) for name, path in plots.items()}
+    for r in records:
+        k = r["instance"]
+        payload[f"final/loss/instance_{k}"] = r["loss"]
+        payload[f"final/n_represented/instance_{k}"] = r["n_represented"]
+        payload[f"final/dims_per_feature/instance_{k}"] = r["dims_per_feature"]
+    logger.experiment.log(payload)
