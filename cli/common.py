@@ -22,15 +22,37 @@ RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.json", "model.safetensors"
 
 def config_options(f: F) -> F:
     """--config, --set, --out, --resume, --overwrite."""
-    f = click.option("--overwrite", is_flag=True, help="Replace an existing run in the output folder.")(f)
-    f = click.option("--resume", "resume_dir", type=click.Path(file_okay=False, path_type=Path),
-                     default=None, help="Continue the interrupted run in this folder.")(f)
-    f = click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-                     help="Output folder.")(f)
-    f = click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
-                     help="Override a config value, e.g. --set model.n_hidden=5 (repeatable).")(f)
-    f = click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-                     help="YAML config file.")(f)
+    f = click.option(
+        "--overwrite", is_flag=True, help="Replace an existing run in the output folder."
+    )(f)
+    f = click.option(
+        "--resume",
+        "resume_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Continue the interrupted run in this folder.",
+    )(f)
+    f = click.option(
+        "--out",
+        "out_dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Output folder.",
+    )(f)
+    f = click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a config value, e.g. --set model.n_hidden=5 (repeatable).",
+    )(f)
+    f = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="YAML config file.",
+    )(f)
     return f
 
 
@@ -38,20 +60,36 @@ def device_options(f: F) -> F:
     """--devices, --strategy, --num-nodes, --accelerator (override runtime.*)."""
     f = click.option("--accelerator", default=None, help="cpu, gpu, cuda or auto.")(f)
     f = click.option("--num-nodes", type=int, default=None, help="Machines taking part.")(f)
-    f = click.option("--strategy", type=click.Choice(["auto", "ddp", "ddp_spawn", "ddp_fork"]),
-                     default=None, help="Lightning strategy for several devices.")(f)
+    f = click.option(
+        "--strategy",
+        type=click.Choice(["auto", "ddp", "ddp_spawn", "ddp_fork"]),
+        default=None,
+        help="Lightning strategy for several devices.",
+    )(f)
     f = click.option("--devices", type=int, default=None, help="Devices (processes) per node.")(f)
     return f
 
 
-def device_overrides(devices: int | None, strategy: str | None, num_nodes: int | None,
-                     accelerator: str | None) -> list[str]:
-    pairs = {"devices": devices, "strategy": strategy, "num_nodes": num_nodes, "accelerator": accelerator}
+def device_overrides(
+    devices: int | None, strategy: str | None, num_nodes: int | None, accelerator: str | None
+) -> list[str]:
+    pairs = {
+        "devices": devices,
+        "strategy": strategy,
+        "num_nodes": num_nodes,
+        "accelerator": accelerator,
+    }
     return [f"runtime.{k}={v}" for k, v in pairs.items() if v is not None]
 
 
-def resolve_run(cls: type[T], config_path: Path | None, overrides: list[str], out_dir: Path | None,
-                resume_dir: Path | None, overwrite: bool) -> tuple[T, Path, bool]:
+def resolve_run(
+    cls: type[T],
+    config_path: Path | None,
+    overrides: list[str],
+    out_dir: Path | None,
+    resume_dir: Path | None,
+    overwrite: bool,
+) -> tuple[T, Path, bool]:
     """The config and output folder of a run; refuses to clobber an existing run."""
     if resume_dir is not None:
         if config_path is not None:
@@ -74,8 +112,10 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise UsageError(f"output folder {out_dir} is a file")
     if out_dir.exists() and any((out_dir / m).exists() for m in RUN_MARKERS):
         if not overwrite:
-            raise UsageError(f"{out_dir} already holds a run; use --resume {out_dir} to continue "
-                             "it or --overwrite to replace it")
+            raise UsageError(
+                f"{out_dir} already holds a run; use --resume {out_dir} to continue "
+                "it or --overwrite to replace it"
+            )
         if _is_main_process():
             shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

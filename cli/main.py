@@ -12,6 +12,7 @@ from typing import Any
 import click
 
 from cli.common import DEBUG_ENV
+from cli.sae_train import train
 from cli.toy import toy
 from sae.errors import ToolkitError
 
@@ -26,6 +27,7 @@ def cli(debug: bool) -> None:
 
 
 cli.add_command(toy)
+cli.add_command(train)
 
 
 def main(argv: list[str] | None = None) -> None:

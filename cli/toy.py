@@ -17,32 +17,52 @@ def toy() -> None:
 @toy.command("train")
 @config_options
 @device_options
-def train(config_path: Path | None, overrides: tuple[str, ...], out_dir: Path | None,
-          resume_dir: Path | None, overwrite: bool, devices: int | None, strategy: str | None,
-          num_nodes: int | None, accelerator: str | None) -> None:
+def train(
+    config_path: Path | None,
+    overrides: tuple[str, ...],
+    out_dir: Path | None,
+    resume_dir: Path | None,
+    overwrite: bool,
+    devices: int | None,
+    strategy: str | None,
+    num_nodes: int | None,
+    accelerator: str | None,
+) -> None:
     """Train a batch of toy models; write config.yaml, model.safetensors, metrics.json, plots/."""
     from toymodels.config import ToyConfig
     from toymodels.train import train_toy
 
     overrides = list(overrides) + device_overrides(devices, strategy, num_nodes, accelerator)
-    config, out, resuming = resolve_run(ToyConfig, config_path, overrides, out_dir, resume_dir, overwrite)
+    config, out, resuming = resolve_run(
+        ToyConfig, config_path, overrides, out_dir, resume_dir, overwrite
+    )
     metrics = train_toy(config, out, resume=resuming)
     if metrics is not None:
         for r in metrics["instances"]:
-            click.echo(f"instance {r['instance']}: 1-S={r['feature_probability']:g} loss={r['loss']:.5f} "
-                       f"represented={r['n_represented']} D*={r['dims_per_feature']:.3f}")
+            click.echo(
+                f"instance {r['instance']}: 1-S={r['feature_probability']:g} loss={r['loss']:.5f} "
+                f"represented={r['n_represented']} D*={r['dims_per_feature']:.3f}"
+            )
         click.echo(f"wrote {out}")
 
 
 @toy.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--instance", type=int, default=0, show_default=True, help="Which instance to export.")
+@click.option(
+    "--instance", type=int, default=0, show_default=True, help="Which instance to export."
+)
 @click.option("--samples", type=int, default=100_000, show_default=True, help="Rows to write.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the input stream.")
 @click.option("--no-feature-acts", is_flag=True, help="Leave out the true codes (smaller file).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The safetensors file to write.")
-def export(run_dir: Path, instance: int, samples: int, seed: int, no_feature_acts: bool, out: Path) -> None:
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="The safetensors file to write.",
+)
+def export(
+    run_dir: Path, instance: int, samples: int, seed: int, no_feature_acts: bool, out: Path
+) -> None:
     """Write activations with ground truth of one trained instance (safetensors)."""
     from toymodels.export import export_activations
 

@@ -35,10 +35,23 @@ from sae.files import atomic_path
 
 FORMAT = "sae-toolkit/activations"
 VERSION = "1"
-_DTYPES = {"F32": np.float32, "F64": np.float64, "F16": np.float16, "BF16": None, "U8": np.uint8,
-           "I64": np.int64, "I32": np.int32, "BOOL": np.bool_}
-_EXPECTED = {"activations": "F32", "ground_truth": "F32", "feature_probability": "F32",
-             "represented": "U8", "feature_acts": "F32"}
+_DTYPES = {
+    "F32": np.float32,
+    "F64": np.float64,
+    "F16": np.float16,
+    "BF16": None,
+    "U8": np.uint8,
+    "I64": np.int64,
+    "I32": np.int32,
+    "BOOL": np.bool_,
+}
+_EXPECTED = {
+    "activations": "F32",
+    "ground_truth": "F32",
+    "feature_probability": "F32",
+    "represented": "U8",
+    "feature_acts": "F32",
+}
 
 
 def write_activation_file(
@@ -143,8 +156,11 @@ class ActivationFile:
             if arr is not None and (arr.ndim != 1 or (n_features and arr.shape[0] != n_features)):
                 raise UsageError(f"{p}: '{name}' must be [{n_features}], got {list(arr.shape)}")
         fa = arrays.get("feature_acts")
-        if fa is not None and (fa.ndim != 2 or fa.shape[0] != acts.shape[0]
-                               or (n_features and fa.shape[1] != n_features)):
+        if fa is not None and (
+            fa.ndim != 2
+            or fa.shape[0] != acts.shape[0]
+            or (n_features and fa.shape[1] != n_features)
+        ):
             raise UsageError(
                 f"{p}: 'feature_acts' must be [{acts.shape[0]}, {n_features}], got {list(fa.shape)}"
             )
@@ -197,7 +213,9 @@ def _map_tensor(
     if count == 0:
         array = np.zeros(shape, dtype=dtype)
     else:
-        array = np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin, shape=tuple(shape))
+        array = np.memmap(
+            path, dtype=dtype, mode="r", offset=data_start + begin, shape=tuple(shape)
+        )
     return array, dtype_name
 
 
@@ -215,4 +233,6 @@ def _parse_info(meta: dict[str, str], path: Path) -> dict[str, Any]:
 def _all_finite(array: np.ndarray, chunk_rows: int = 65_536) -> bool:
     if array.ndim == 0 or array.shape[0] == 0:
         return True
-    return all(np.isfinite(array[i : i + chunk_rows]).all() for i in range(0, array.shape[0], chunk_rows))
+    return all(
+        np.isfinite(array[i : i + chunk_rows]).all() for i in range(0, array.shape[0], chunk_rows)
+    )

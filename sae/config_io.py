@@ -50,7 +50,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise UsageError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+        raise UsageError(
+            f"config file {path} must hold a mapping of keys, not {type(data).__name__}"
+        )
     return data
 
 
@@ -90,7 +92,9 @@ def from_dict(cls: type[T], data: Any, source: str = "config", prefix: str = "")
     kwargs = {}
     for key, value in data.items():
         if key not in fields:
-            raise UsageError(f"{source}: unknown key '{prefix}{key}'{_suggest(key, fields, prefix)}")
+            raise UsageError(
+                f"{source}: unknown key '{prefix}{key}'{_suggest(key, fields, prefix)}"
+            )
         kwargs[key] = _coerce(value, hints[key], source, f"{prefix}{key}")
     try:
         config = cls(**kwargs)

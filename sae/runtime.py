@@ -118,8 +118,10 @@ def make_wandb_logger(config: WandbConfig, out_dir: Path, run_config: dict[str, 
 
     os.environ.setdefault("WANDB_SILENT", "true")
     if mode == "online" and not _wandb_reachable():
-        print("warning: wandb server unreachable; logging offline (sync later with `wandb sync`)",
-              file=sys.stderr)
+        print(
+            "warning: wandb server unreachable; logging offline (sync later with `wandb sync`)",
+            file=sys.stderr,
+        )
         mode = "offline"
     (out_dir / "wandb").mkdir(parents=True, exist_ok=True)
     return WandbLogger(
@@ -177,7 +179,10 @@ def make_trainer(
     if runtime.devices * runtime.num_nodes > 1 or runtime.strategy != "auto":
         strategy = _ddp_strategy(runtime)
     checkpoint_every = max(1, min(max_steps, checkpoint_every))
-    all_callbacks = [FiniteGuard(math.gcd(log_every, checkpoint_every), out_dir), StopOnSignal(out_dir)]
+    all_callbacks = [
+        FiniteGuard(math.gcd(log_every, checkpoint_every), out_dir),
+        StopOnSignal(out_dir),
+    ]
     all_callbacks += list(callbacks)
     all_callbacks.append(
         ModelCheckpoint(

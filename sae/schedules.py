@@ -6,12 +6,16 @@ import math
 from collections.abc import Callable
 
 
-def lr_lambda(schedule: str, warmup_steps: int, total_steps: int, decay_steps: int | None = None) -> Callable[[int], float]:
+def lr_lambda(
+    schedule: str, warmup_steps: int, total_steps: int, decay_steps: int | None = None
+) -> Callable[[int], float]:
     """Linear warm-up from 0, then constant, or a linear / cosine decay to 0 at the end.
 
     ``decay_steps`` limits the decay to the last steps (None: everything after warm-up).
     """
-    decay_start = warmup_steps if decay_steps is None else max(warmup_steps, total_steps - decay_steps)
+    decay_start = (
+        warmup_steps if decay_steps is None else max(warmup_steps, total_steps - decay_steps)
+    )
 
     def factor(step: int) -> float:
         if step < warmup_steps:

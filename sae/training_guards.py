@@ -30,7 +30,9 @@ class Interrupted(RunError):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints written to a temporary file and renamed into place."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None
+    ) -> None:
         with atomic_path(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
 
@@ -44,17 +46,28 @@ class FiniteGuard(Callback):
         self.every = every
         self.out_dir = out_dir
 
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         step = trainer.global_step
         if step % self.every and step != trainer.max_steps:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        ok = bool(torch.isfinite(loss).all()) and all(bool(torch.isfinite(p).all()) for p in module.parameters())
+        ok = bool(torch.isfinite(loss).all()) and all(
+            bool(torch.isfinite(p).all()) for p in module.parameters()
+        )
         if not ok:
             last = self.out_dir / CHECKPOINT_DIR / LAST
             kept = f"; last good checkpoint: {last}" if last.exists() else ""
-            raise RunError(f"training diverged: loss or weights became NaN/Inf by step {step}{kept} "
-                           "(try a lower learning rate)")
+            raise RunError(
+                f"training diverged: loss or weights became NaN/Inf by step {step}{kept} "
+                "(try a lower learning rate)"
+            )
 
 
 class StopOnSignal(Callback):
@@ -81,12 +94,21 @@ class StopOnSignal(Callback):
         if self._trainer is not None:
             self._trainer._signal_connector.received_sigterm = True
 
-    def on_train_batch_end(self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self,
+        trainer: L.Trainer,
+        module: L.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
         if self.received is not None and trainer.world_size == 1:
             self._save(trainer)
             trainer.should_stop = True
 
-    def on_exception(self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, module: L.LightningModule, exception: BaseException
+    ) -> None:
         if isinstance(exception, SIGTERMException):
             self._save(trainer)
 
@@ -108,7 +130,9 @@ def last_checkpoint(out_dir: Path) -> Path:
     return Path(out_dir) / CHECKPOINT_DIR / LAST
 
 
-def run_fit(trainer: L.Trainer, module: L.LightningModule, data: Any, out_dir: Path, resume: bool) -> None:
+def run_fit(
+    trainer: L.Trainer, module: L.LightningModule, data: Any, out_dir: Path, resume: bool
+) -> None:
     """``trainer.fit`` from ``last.ckpt`` when resuming; signals and failures become one-line
     errors."""
     ckpt = last_checkpoint(out_dir)
@@ -127,5 +151,7 @@ def run_fit(trainer: L.Trainer, module: L.LightningModule, data: Any, out_dir: P
 
 
 def _interrupted_message(trainer: L.Trainer, out_dir: Path) -> str:
-    return (f"interrupted at step {trainer.global_step}; checkpoint saved, continue with "
-            f"--resume (output folder {out_dir})")
+    return (
+        f"interrupted at step {trainer.global_step}; checkpoint saved, continue with "
+        f"--resume (output folder {out_dir})"
+    )

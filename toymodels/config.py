@@ -136,7 +136,9 @@ class ToyConfig:
         n = self.model.n_features
         d = self.data
         if d.relative_density is not None and len(d.relative_density) != n:
-            raise ValueError(f"data.relative_density needs {n} values, got {len(d.relative_density)}")
+            raise ValueError(
+                f"data.relative_density needs {n} values, got {len(d.relative_density)}"
+            )
         if d.importance is not None and len(d.importance) != n:
             raise ValueError(f"data.importance needs {n} values, got {len(d.importance)}")
         in_sets = (d.correlated_sets + d.anticorrelated_sets) * d.set_size

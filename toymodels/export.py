@@ -24,17 +24,25 @@ class ToyActivationSource:
         loaded = load_toy_model(run_dir)
         n = loaded.config.n_instances
         if not 0 <= instance < n:
-            raise UsageError(f"instance {instance} out of range: {run_dir} has instances 0..{n - 1}")
+            raise UsageError(
+                f"instance {instance} out of range: {run_dir} has instances 0..{n - 1}"
+            )
         m = loaded.config.model
         self.config = loaded.config
         self.instance = instance
         self.model = build_model(m.kind, 1, m.n_features, m.n_hidden)
-        self.model.load_state_dict({k: v[instance : instance + 1] for k, v in loaded.model.state_dict().items()})
+        self.model.load_state_dict(
+            {k: v[instance : instance + 1] for k, v in loaded.model.state_dict().items()}
+        )
         self.model.requires_grad_(False)
         dist = loaded.distribution
         self.distribution = FeatureDistribution(
-            dist.probability[instance : instance + 1], dist.importance[instance : instance + 1],
-            dist.correlated_sets, dist.anticorrelated_sets, dist.set_size, dist.signed,
+            dist.probability[instance : instance + 1],
+            dist.importance[instance : instance + 1],
+            dist.correlated_sets,
+            dist.anticorrelated_sets,
+            dist.set_size,
+            dist.signed,
         )
         directions, self.feature_names = self.model.ground_truth()
         self.ground_truth = directions[0]
@@ -46,7 +54,9 @@ class ToyActivationSource:
         return self
 
     @torch.no_grad()
-    def sample(self, batch_size: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, batch_size: int, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(activations [B, d], true codes [B, n_ground]) for ``batch_size`` fresh inputs."""
         x = self.distribution.sample(batch_size, generator)
         h = self.model(x).hidden[:, 0]

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -27,7 +26,9 @@ class LoadedToy(NamedTuple):
     config: ToyConfig
 
 
-def save_toy_model(path: str | Path, model: ToyModel, distribution: FeatureDistribution, config: ToyConfig) -> None:
+def save_toy_model(
+    path: str | Path, model: ToyModel, distribution: FeatureDistribution, config: ToyConfig
+) -> None:
     tensors = {name: p.detach().cpu().contiguous() for name, p in model.state_dict().items()}
     tensors["feature_probability"] = distribution.probability.cpu().contiguous()
     tensors["importance"] = distribution.importance.cpu().contiguous()
@@ -50,7 +51,9 @@ def load_toy_model(run_dir: str | Path) -> LoadedToy:
         with safe_open(str(path), framework="pt") as f:
             metadata = f.metadata() or {}
     except (SafetensorError, OSError, ValueError) as e:
-        raise UsageError(f"{path}: not a readable toy-model file ({str(e).splitlines()[0]})") from None
+        raise UsageError(
+            f"{path}: not a readable toy-model file ({str(e).splitlines()[0]})"
+        ) from None
     if metadata.get("format") != FORMAT or "config" not in metadata:
         raise UsageError(f"{path}: not a toy-model file (missing '{FORMAT}' metadata)")
     config = from_dict(ToyConfig, json.loads(metadata["config"]), source=str(path))

@@ -24,7 +24,9 @@ class ToyOutput(NamedTuple):
     """[batch, instances, n_features]: the reconstruction x' (or y' for abs)."""
 
 
-def xavier_normal(shape: tuple[int, ...], fan_in: int, fan_out: int, generator: torch.Generator) -> Tensor:
+def xavier_normal(
+    shape: tuple[int, ...], fan_in: int, fan_out: int, generator: torch.Generator
+) -> Tensor:
     std = math.sqrt(2.0 / (fan_in + fan_out))
     return torch.randn(shape, generator=generator) * std
 
@@ -40,7 +42,9 @@ class TiedToyModel(nn.Module):
             raise ValueError(f"TiedToyModel cannot be {kind!r}")
         g = torch.Generator().manual_seed(seed)
         self.kind = kind
-        self.W = nn.Parameter(xavier_normal((n_instances, n_features, n_hidden), n_features, n_hidden, g))
+        self.W = nn.Parameter(
+            xavier_normal((n_instances, n_features, n_hidden), n_features, n_hidden, g)
+        )
         self.b = nn.Parameter(torch.zeros(n_instances, n_features))
 
     def forward(self, x: Tensor) -> ToyOutput:
@@ -81,8 +85,12 @@ class AbsValueModel(nn.Module):
     def __init__(self, n_instances: int, n_features: int, n_hidden: int, seed: int = 0) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(seed)
-        self.W1 = nn.Parameter(xavier_normal((n_instances, n_features, n_hidden), n_features, n_hidden, g))
-        self.W2 = nn.Parameter(xavier_normal((n_instances, n_hidden, n_features), n_hidden, n_features, g))
+        self.W1 = nn.Parameter(
+            xavier_normal((n_instances, n_features, n_hidden), n_features, n_hidden, g)
+        )
+        self.W2 = nn.Parameter(
+            xavier_normal((n_instances, n_hidden, n_features), n_hidden, n_features, g)
+        )
         self.b = nn.Parameter(torch.zeros(n_instances, n_features))
 
     def forward(self, x: Tensor) -> ToyOutput:
@@ -110,7 +118,9 @@ class AbsValueModel(nn.Module):
 ToyModel = TiedToyModel | AbsValueModel
 
 
-def build_model(kind: ToyKind, n_instances: int, n_features: int, n_hidden: int, seed: int = 0) -> ToyModel:
+def build_model(
+    kind: ToyKind, n_instances: int, n_features: int, n_hidden: int, seed: int = 0
+) -> ToyModel:
     if kind == "abs":
         return AbsValueModel(n_instances, n_features, n_hidden, seed)
     return TiedToyModel(kind, n_instances, n_features, n_hidden, seed)

@@ -21,7 +21,9 @@ from toymodels.models import build_model
 MAX_INSTANCE_PLOTS = 16
 
 
-def train_toy(config: ToyConfig, out_dir: str | Path, resume: bool = False) -> dict[str, Any] | None:
+def train_toy(
+    config: ToyConfig, out_dir: str | Path, resume: bool = False
+) -> dict[str, Any] | None:
     """Train, then on rank 0 write config.yaml, model.safetensors, metrics.json and plots/.
 
     Returns the metrics record on rank 0 and None on the other ranks.
@@ -68,7 +70,9 @@ def select_restarts(losses: torch.Tensor, restarts: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _finish(module: ToyModelModule, config: ToyConfig, out_dir: Path, logger: Any) -> dict[str, Any]:
+def _finish(
+    module: ToyModelModule, config: ToyConfig, out_dir: Path, logger: Any
+) -> dict[str, Any]:
     losses = module.evaluate(config.train.eval_samples)
     keep = select_restarts(losses, config.train.restarts)
     m = config.model
@@ -76,8 +80,12 @@ def _finish(module: ToyModelModule, config: ToyConfig, out_dir: Path, logger: An
     model.load_state_dict({k: v[keep] for k, v in module.model.state_dict().items()})
     dist = module.distribution
     distribution = FeatureDistribution(
-        dist.probability[keep], dist.importance[keep], dist.correlated_sets,
-        dist.anticorrelated_sets, dist.set_size, dist.signed,
+        dist.probability[keep],
+        dist.importance[keep],
+        dist.correlated_sets,
+        dist.anticorrelated_sets,
+        dist.set_size,
+        dist.signed,
     )
     save_toy_model(out_dir / MODEL_FILE, model, distribution, config)
 
@@ -85,18 +93,22 @@ def _finish(module: ToyModelModule, config: ToyConfig, out_dir: Path, logger: An
     restart_losses = losses.view(-1, config.train.restarts)
     records = []
     for k in range(config.n_instances):
-        records.append({
-            "instance": k,
-            "loss": float(losses[keep[k]]),
-            "restart_losses": restart_losses[k].tolist(),
-            "feature_probability": float(config.data.feature_probability[k // config.data.repeats]),
-            "n_represented": int(diag.n_represented[k]),
-            "dims_per_feature": float(diag.dims_per_feature[k]),
-            "frobenius_norm_sq": float(diag.feature_norms[k].square().sum()),
-            "feature_dimensionality": diag.feature_dimensionality[k].tolist(),
-            "feature_norms": diag.feature_norms[k].tolist(),
-            "interference": diag.interference[k].tolist(),
-        })
+        records.append(
+            {
+                "instance": k,
+                "loss": float(losses[keep[k]]),
+                "restart_losses": restart_losses[k].tolist(),
+                "feature_probability": float(
+                    config.data.feature_probability[k // config.data.repeats]
+                ),
+                "n_represented": int(diag.n_represented[k]),
+                "dims_per_feature": float(diag.dims_per_feature[k]),
+                "frobenius_norm_sq": float(diag.feature_norms[k].square().sum()),
+                "feature_dimensionality": diag.feature_dimensionality[k].tolist(),
+                "feature_norms": diag.feature_norms[k].tolist(),
+                "interference": diag.interference[k].tolist(),
+            }
+        )
     metrics = {"kind": m.kind, "instances": records}
     write_json(out_dir / "metrics.json", metrics)
     plots = _plot(model, distribution, diag, config, out_dir / "plots")
@@ -105,7 +117,9 @@ def _finish(module: ToyModelModule, config: ToyConfig, out_dir: Path, logger: An
     return metrics
 
 
-def _plot(model: Any, distribution: FeatureDistribution, diag: Any, config: ToyConfig, folder: Path) -> dict[str, Path]:
+def _plot(
+    model: Any, distribution: FeatureDistribution, diag: Any, config: ToyConfig, folder: Path
+) -> dict[str, Path]:
     from toymodels import plots
 
     W = model.feature_weights.detach().numpy()
@@ -114,10 +128,14 @@ def _plot(model: Any, distribution: FeatureDistribution, diag: Any, config: ToyC
     for k in range(min(config.n_instances, MAX_INSTANCE_PLOTS)):
         p = config.data.feature_probability[k // config.data.repeats]
         title = f"instance {k}, 1-S = {p:g}"
-        made[f"wtw_instance{k}"] = plots.plot_wtw(W[k], b[k], folder / f"wtw_instance{k}.png", title)
+        made[f"wtw_instance{k}"] = plots.plot_wtw(
+            W[k], b[k], folder / f"wtw_instance{k}.png", title
+        )
         made[f"feature_norms_instance{k}"] = plots.plot_feature_norms(
-            diag.feature_norms[k].numpy(), diag.interference[k].numpy(),
-            folder / f"feature_norms_instance{k}.png", title,
+            diag.feature_norms[k].numpy(),
+            diag.interference[k].numpy(),
+            folder / f"feature_norms_instance{k}.png",
+            title,
         )
         if config.model.kind in ("relu_hidden", "abs"):
             made[f"neuron_stack_instance{k}"] = plots.plot_neuron_stack(
@@ -136,7 +154,9 @@ def _plot(model: Any, distribution: FeatureDistribution, diag: Any, config: ToyC
 def _log_final(logger: Any, records: list[dict[str, Any]], plots: dict[str, Path]) -> None:
     import wandb
 
-    payload: dict[str, Any] = {f"plots/{name}": wandb.Image(str(path)) for name, path in plots.items()}
+    payload: dict[str, Any] = {
+        f"plots/{name}": wandb.Image(str(path)) for name, path in plots.items()
+    }
     for r in records:
         k = r["instance"]
         payload[f"final/loss/instance_{k}"] = r["loss"]

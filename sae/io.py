@@ -1,0 +1,67 @@
+"""SAE persistence in SAELens's layout: a folder per SAE with ``sae_weights.safetensors``
+(``W_enc`` [d_in, d_sae], ``W_dec`` [d_sae, d_in], ``b_enc``, ``b_dec``) and ``cfg.json``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from sae.errors import UsageError
+from sae.files import atomic_path, write_json
+from sae.model import SparseAutoencoder
+
+WEIGHTS_FILE = "sae_weights.safetensors"
+CFG_FILE = "cfg.json"
+
+
+class LoadedSAE(NamedTuple):
+    sae: SparseAutoencoder
+    """A one-instance SAE acting on the original (unscaled) inputs."""
+    cfg: dict[str, Any]
+
+
+def save_sae(folder: str | Path, weights: dict[str, torch.Tensor], cfg: dict[str, Any]) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in weights.items()},
+            str(tmp),
+            metadata={"format": "sae-toolkit/sae"},
+        )
+    write_json(folder / CFG_FILE, cfg)
+
+
+def load_sae(folder: str | Path) -> LoadedSAE:
+    folder = Path(folder)
+    weights_path, cfg_path = folder / WEIGHTS_FILE, folder / CFG_FILE
+    if not weights_path.exists():
+        raise UsageError(f"no SAE in {folder}: missing {WEIGHTS_FILE}")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"no SAE in {folder}: missing {CFG_FILE}") from None
+    except json.JSONDecodeError:
+        raise UsageError(f"{cfg_path}: not valid JSON") from None
+    try:
+        w = load_file(str(weights_path))
+    except (SafetensorError, OSError) as e:
+        raise UsageError(f"{weights_path}: unreadable ({str(e).splitlines()[0]})") from None
+    missing = {"W_enc", "W_dec", "b_enc", "b_dec"} - set(w)
+    if missing:
+        raise UsageError(f"{weights_path}: missing tensors {sorted(missing)}")
+    d_in, d_sae = w["W_enc"].shape
+    if (
+        w["W_dec"].shape != (d_sae, d_in)
+        or w["b_enc"].shape != (d_sae,)
+        or w["b_dec"].shape != (d_in,)
+    ):
+        raise UsageError(f"{weights_path}: tensor shapes do not fit W_enc {list(w['W_enc'].shape)}")
+    sae = SparseAutoencoder(1, d_in, d_sae, cfg.get("recipe", "april2024"), tied=False, seeds=[0])
+    sae.load_state_dict({k: w[k][None] for k in ("W_enc", "W_dec", "b_enc", "b_dec")})
+    return LoadedSAE(sae, cfg)

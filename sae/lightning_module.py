@@ -1,0 +1,185 @@
+"""A thin ``LightningModule`` that trains a batch of SAEs on a shared stream of activations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+from sae.config import SAERunConfig
+from sae.config_io import config_to_dict, from_dict
+from sae.data import ActivationSource
+from sae.geometric_median import geometric_median
+from sae.model import SparseAutoencoder
+from sae.optim import InstanceAdam
+from sae.resampling import resample_dead_latents
+from sae.schedules import lr_lambda, warmup_factor
+from sae.seeding import shard_seed
+
+
+class SAEModule(L.LightningModule):
+    l1_coefficient: Tensor
+    input_scale: Tensor
+    initialized: Tensor
+    window_fired: Tensor
+    log_fired: Tensor
+    log_samples: Tensor
+
+    def __init__(
+        self,
+        config: SAERunConfig | dict[str, Any],
+        d_in: int,
+        source: ActivationSource | None = None,
+    ) -> None:
+        super().__init__()
+        if isinstance(config, dict):
+            config = from_dict(SAERunConfig, config)
+        self.config = config
+        self.save_hyperparameters({"config": config_to_dict(config), "d_in": d_in})
+        l1, lr, seeds = config.sweep.expanded()
+        s = config.sae
+        self.sae = SparseAutoencoder(
+            len(l1), d_in, s.d_sae, s.recipe, s.tied, seeds, s.decoder_init_norm
+        )
+        self.instance_lr = torch.tensor(lr)
+        self.source = source
+        # Buffers, so that a checkpoint restores them and they follow the device.
+        self.register_buffer("l1_coefficient", torch.tensor(l1))
+        self.register_buffer("input_scale", torch.ones(()))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        self.register_buffer("window_fired", torch.zeros(len(l1), s.d_sae))
+        self.register_buffer("log_fired", torch.zeros(len(l1), s.d_sae))
+        self.register_buffer("log_samples", torch.zeros(()))
+
+    # -- data ----------------------------------------------------------------------------
+    def _shards(self) -> tuple[range, int]:
+        world = self.trainer.world_size
+        shards = self.config.train.data_shards or world
+        per_rank = shards // world
+        first = self.global_rank * per_rank
+        return range(first, first + per_rank), self.config.train.batch_size // shards
+
+    def draw_batch(self, step: int) -> Tensor:
+        assert self.source is not None, "SAEModule needs an activation source to train"
+        shards, size = self._shards()
+        parts = [self.source.block(step, s, size, self.device) for s in shards]
+        x = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return x * self.input_scale
+
+    @torch.no_grad()
+    def initialize_from_data(self) -> None:
+        """b_dec (mean or geometric median) and the input scale, from a sample every rank
+        draws identically."""
+        c, d = self.config, self.sae.d_in
+        x = self.source.sample(c.data.init_samples, c.train.data_seed, self.device).float()
+        if c.sae.normalize_input:
+            self.input_scale.fill_(d**0.5 / x.norm(dim=-1).mean().clamp_min(1e-12))
+        x = x * self.input_scale
+        if c.sae.b_dec_init == "mean":
+            self.sae.b_dec.copy_(x.mean(0).expand_as(self.sae.b_dec))
+        elif c.sae.b_dec_init == "geometric_median":
+            self.sae.b_dec.copy_(geometric_median(x).expand_as(self.sae.b_dec))
+        self.initialized.fill_(True)
+
+    def on_fit_start(self) -> None:
+        if not bool(self.initialized):
+            self.initialize_from_data()
+
+    # -- training -----------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        step = self.global_step
+        x = self.draw_batch(step)
+        out = self.sae(x)
+        l1 = self.l1_coefficient * warmup_factor(step, self.config.train.l1_warmup_steps)
+        per_instance = out.reconstruction + l1 * out.sparsity
+        fired = (out.codes > 0).sum(1).float()
+        r = self.config.resample
+        if r.method != "none":
+            if step % r.every == r.every - r.window:
+                self.window_fired.zero_()
+            self.window_fired += fired
+        self.log_fired += fired
+        self.log_samples += x.shape[0]
+        if step % self.config.train.log_every == 0:
+            self._log_metrics(x, out, per_instance, l1)
+        return per_instance.sum()
+
+    def on_before_optimizer_step(self, optimizer: Any) -> None:
+        if self.config.sae.recipe == "constrained":
+            self.sae.remove_parallel_decoder_grad()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.config.sae.recipe == "constrained":
+            self.sae.normalize_decoder()
+        r, done = self.config.resample, self.global_step
+        if (
+            r.method != "none"
+            and done % r.every == 0
+            and done < self.config.train.steps
+            and (r.stop_after is None or done <= r.stop_after)
+        ):
+            self.resample(done)
+
+    @torch.no_grad()
+    def resample(self, step: int) -> Tensor:
+        """Revive latents that did not fire during the window (counts summed over ranks)."""
+        counts = self.trainer.strategy.reduce(self.window_fired.clone(), reduce_op="sum")
+        dead = counts == 0
+        r, c = self.config.resample, self.config
+        inputs = self.source.sample(r.samples, shard_seed(c.train.data_seed, step, 77), self.device)
+        generator = torch.Generator().manual_seed(shard_seed(c.sweep.seed[0], step, 99))
+        optimizer = self.optimizers()
+        optimizer = getattr(optimizer, "optimizer", optimizer)
+        n = resample_dead_latents(
+            self.sae,
+            optimizer,
+            dead,
+            inputs.float() * self.input_scale,
+            r.method,
+            generator,
+            r.encoder_scale,
+        )
+        self.window_fired.zero_()
+        self.resampled_last = n
+        return n
+
+    def _log_metrics(self, x: Tensor, out: Any, per_instance: Tensor, l1: Tensor) -> None:
+        counts = self.trainer.strategy.reduce(self.log_fired.clone(), reduce_op="sum")
+        samples = self.trainer.strategy.reduce(self.log_samples.clone(), reduce_op="sum")
+        resid = (out.x_hat - x).square().sum(dim=(1, 2))
+        total_var = (x - x.mean(0)).square().sum()
+        ev = 1 - resid / total_var.clamp_min(1e-12)
+        l0 = (out.codes > 0).float().sum(-1).mean(-1)
+        dead = (counts == 0).float().mean(-1)
+        lr_now = self.instance_lr.to(x.device) * self.lr_schedulers().get_last_lr()[0]
+        metrics: dict[str, Tensor] = {}
+        for k in range(per_instance.shape[0]):
+            metrics |= {
+                f"loss/instance_{k}": per_instance[k].detach(),
+                f"reconstruction/instance_{k}": out.reconstruction[k].detach(),
+                f"sparsity/instance_{k}": out.sparsity[k].detach(),
+                f"l0/instance_{k}": l0[k],
+                f"explained_variance/instance_{k}": ev[k].detach(),
+                f"dead_fraction/instance_{k}": dead[k],
+                f"l1_coefficient/instance_{k}": l1[k],
+                f"lr/instance_{k}": lr_now[k],
+            }
+        self.log_dict(metrics, on_step=True, sync_dist=True)
+        self.firing_frequency = (counts / samples.clamp_min(1)).cpu()
+        self.log_fired.zero_()
+        self.log_samples.zero_()
+
+    def configure_optimizers(self) -> Any:
+        t = self.config.train
+        optimizer = InstanceAdam(
+            self.sae.parameters(),
+            self.instance_lr,
+            tuple(t.adam_betas),
+            max_grad_norm=self.config.grad_clip,
+        )
+        schedule = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(t.lr_schedule, t.lr_warmup_steps, t.steps, t.lr_decay_steps)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

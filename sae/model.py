@@ -1,0 +1,111 @@
+"""The L1 sparse autoencoder as a plain ``nn.Module`` with a leading instances dimension.
+
+Instance k owns ``W_enc[k]`` [d_in, d_sae], ``W_dec[k]`` [d_sae, d_in], ``b_enc[k]``,
+``b_dec[k]`` (SAELens's names and layouts). All instances read the same input batch; their
+losses are summed, so each instance trains exactly as it would alone.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+
+class SAEOutput(NamedTuple):
+    x_hat: Tensor
+    """[instances, batch, d_in] reconstructions."""
+    codes: Tensor
+    """[instances, batch, d_sae] latent activations f."""
+    reconstruction: Tensor
+    """[instances] ‖x − x̂‖² summed over d_in, mean over the batch."""
+    sparsity: Tensor
+    """[instances] Σ f_i (constrained) or Σ f_i‖W_dec,i‖ (april2024), mean over the batch."""
+
+
+class SparseAutoencoder(nn.Module):
+    def __init__(
+        self,
+        n_instances: int,
+        d_in: int,
+        d_sae: int,
+        recipe: str = "april2024",
+        tied: bool = False,
+        seeds: list[int] | None = None,
+        decoder_init_norm: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.recipe, self.tied = recipe, tied
+        self.n_instances, self.d_in, self.d_sae = n_instances, d_in, d_sae
+        seeds = seeds if seeds is not None else list(range(n_instances))
+        # Each instance draws from its own seed, so a sweep equals its members trained alone.
+        directions = torch.stack(
+            [torch.randn(d_sae, d_in, generator=torch.Generator().manual_seed(s)) for s in seeds]
+        )
+        directions = directions / directions.norm(dim=-1, keepdim=True)
+        norm = decoder_init_norm if recipe == "april2024" else 1.0
+        W_dec = directions * norm
+        self.W_enc = nn.Parameter(W_dec.transpose(1, 2).contiguous())
+        self.W_dec = None if tied else nn.Parameter(W_dec.clone())
+        self.b_enc = nn.Parameter(torch.zeros(n_instances, d_sae))
+        self.b_dec = nn.Parameter(torch.zeros(n_instances, d_in))
+
+    @property
+    def decoder(self) -> Tensor:
+        """W_dec [instances, d_sae, d_in] (the transposed encoder when tied)."""
+        return self.W_enc.transpose(1, 2) if self.W_dec is None else self.W_dec
+
+    def encode(self, x: Tensor) -> Tensor:
+        """x [batch, d_in] -> codes [instances, batch, d_sae]."""
+        # W_enc(x − b_dec) + b_enc = x W_enc + (b_enc − b_dec W_enc): one matmul, no copy of x
+        # per instance.
+        bias = self.b_enc - torch.einsum("id,ids->is", self.b_dec, self.W_enc)
+        pre = torch.matmul(x, self.W_enc) + bias[:, None, :]
+        return torch.relu(pre)
+
+    def decode(self, codes: Tensor) -> Tensor:
+        return torch.baddbmm(self.b_dec[:, None, :], codes, self.decoder)
+
+    def forward(self, x: Tensor) -> SAEOutput:
+        codes = self.encode(x)
+        x_hat = self.decode(codes)
+        reconstruction = (x_hat - x).square().sum(-1).mean(-1)
+        if self.recipe == "april2024":
+            sparsity = (codes.sum(1) * self.decoder.norm(dim=-1)).sum(-1) / x.shape[0]
+        else:
+            sparsity = codes.sum(dim=(1, 2)) / x.shape[0]
+        return SAEOutput(x_hat, codes, reconstruction, sparsity)
+
+    # -- constrained recipe ---------------------------------------------------------------
+    @torch.no_grad()
+    def remove_parallel_decoder_grad(self) -> None:
+        """Project out the gradient component along each (unit) decoder row."""
+        W, g = self.decoder, self._decoder_grad()
+        if g is None:
+            return
+        unit = W / W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        g -= (g * unit).sum(-1, keepdim=True) * unit
+
+    def _decoder_grad(self) -> Tensor | None:
+        if self.W_dec is None:
+            return None if self.W_enc.grad is None else self.W_enc.grad.transpose(1, 2)
+        return self.W_dec.grad
+
+    @torch.no_grad()
+    def normalize_decoder(self) -> None:
+        W = self.decoder
+        W /= W.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    # -- persistence helpers ----------------------------------------------------------------
+    @torch.no_grad()
+    def instance_weights(self, k: int, input_scale: float = 1.0) -> dict[str, Tensor]:
+        """Instance k in SAELens layout, with an input scale c folded back in: trained on c·x,
+        the returned weights act on x and give the same codes."""
+        c = input_scale
+        return {
+            "W_enc": (self.W_enc[k] * c).contiguous().clone(),
+            "W_dec": (self.decoder[k] / c).contiguous().clone(),
+            "b_enc": self.b_enc[k].clone(),
+            "b_dec": (self.b_dec[k] / c).clone(),
+        }

@@ -1,0 +1,105 @@
+"""One SAE training run: many SAEs (a sweep) trained together, saved one folder per instance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.callbacks import Callback
+
+from sae.config import SAERunConfig
+from sae.config_io import config_to_dict, config_to_yaml
+from sae.data import ActivationSource
+from sae.files import write_json, write_text
+from sae.io import save_sae
+from sae.lightning_module import SAEModule
+from sae.metrics_log import MetricsFile
+from sae.runtime import apply_threads, finish_wandb, make_trainer, make_wandb_logger
+from sae.training_guards import run_fit
+
+
+def instance_dir(out_dir: Path, k: int) -> Path:
+    return Path(out_dir) / f"sae_{k}"
+
+
+def train_saes(
+    config: SAERunConfig,
+    source: ActivationSource,
+    out_dir: str | Path,
+    resume: bool = False,
+    source_info: dict[str, Any] | None = None,
+) -> list[Path] | None:
+    """Train every instance of the sweep; on rank 0 write ``config.yaml``, ``metrics.jsonl`` and
+    ``sae_<k>/{sae_weights.safetensors,cfg.json}``. Returns the SAE folders (None off rank 0)."""
+    out_dir = Path(out_dir)
+    apply_threads(config.runtime)
+    module = SAEModule(config, source.d, source)
+    logger = make_wandb_logger(config.wandb, out_dir, config_to_dict(config))
+    t = config.train
+    trainer = make_trainer(
+        config.runtime,
+        t.steps,
+        out_dir,
+        logger,
+        callbacks=[MetricsFile(out_dir, t.log_every), FiringHistogram()],
+        log_every=t.log_every,
+        checkpoint_every=t.checkpoint_every,
+    )
+    if trainer.is_global_zero:
+        write_text(out_dir / "config.yaml", config_to_yaml(config))
+    run_fit(trainer, module, range(t.steps), out_dir, resume)
+    if not trainer.is_global_zero:
+        return None
+    folders = save_instances(module, config, out_dir, source_info or {})
+    write_json(
+        out_dir / "run.json",
+        {"instances": [str(f.name) for f in folders], "source": source_info or {}},
+    )
+    finish_wandb(logger)
+    return folders
+
+
+def save_instances(
+    module: SAEModule, config: SAERunConfig, out_dir: Path, source_info: dict[str, Any]
+) -> list[Path]:
+    l1, lr, seeds = config.sweep.expanded()
+    scale = float(module.input_scale)
+    folders = []
+    for k in range(module.sae.n_instances):
+        cfg = {
+            "d_in": module.sae.d_in,
+            "d_sae": module.sae.d_sae,
+            "recipe": config.sae.recipe,
+            "tied": config.sae.tied,
+            "l1_coefficient": l1[k],
+            "lr": lr[k],
+            "seed": seeds[k],
+            "instance": k,
+            "steps": config.train.steps,
+            "input_scale_folded": scale,
+            "source": source_info,
+        }
+        folder = instance_dir(out_dir, k)
+        save_sae(folder, module.sae.instance_weights(k, scale), cfg)
+        folders.append(folder)
+    return folders
+
+
+class FiringHistogram(Callback):
+    """Logs each instance's latent firing frequencies (log10) to wandb on logging steps."""
+
+    def on_train_batch_end(
+        self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        freq = getattr(module, "firing_frequency", None)
+        if freq is None or not trainer.is_global_zero or trainer.logger is None:
+            return
+        module.firing_frequency = None
+        import numpy as np
+        import wandb
+
+        payload = {
+            f"firing_frequency/instance_{k}": wandb.Histogram(np.log10(freq[k].numpy() + 1e-10))
+            for k in range(freq.shape[0])
+        }
+        trainer.logger.experiment.log(payload | {"trainer/global_step": trainer.global_step})
