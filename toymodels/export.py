@@ -1,4 +1,4 @@
-"""Export a trained toy model's activations with their ground truth (the activation-file contract)."""
+"""Export a toy model's activations with their ground truth (the activation-file contract)."""
 
 from __future__ import annotations
 
