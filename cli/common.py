@@ -108,6 +108,9 @@ def resolve_run(
 
 
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if not is_main_process():  # a rank Lightning launched: rank 0 already prepared the folder
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"output folder {out_dir} is a file")
     if out_dir.exists() and any((out_dir / m).exists() for m in RUN_MARKERS):
@@ -116,12 +119,11 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
                 f"{out_dir} already holds a run; use --resume {out_dir} to continue "
                 "it or --overwrite to replace it"
             )
-        if _is_main_process():
-            shutil.rmtree(out_dir)
+        shutil.rmtree(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _is_main_process() -> bool:
+def is_main_process() -> bool:
     """False in the extra ranks Lightning launches by re-running the command."""
     import os
 

@@ -12,6 +12,8 @@ from typing import Any
 import click
 
 from cli.common import DEBUG_ENV
+from cli.evaluate import eval_command
+from cli.run import run
 from cli.sae_train import train
 from cli.toy import toy
 from sae.errors import ToolkitError
@@ -28,6 +30,8 @@ def cli(debug: bool) -> None:
 
 cli.add_command(toy)
 cli.add_command(train)
+cli.add_command(eval_command)
+cli.add_command(run)
 
 
 def main(argv: list[str] | None = None) -> None:

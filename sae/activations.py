@@ -117,12 +117,12 @@ class ActivationFile:
     # -- data ---------------------------------------------------------------------------
     def rows(self, index: np.ndarray | slice) -> Tensor:
         """Activations at ``index`` (sorted indices read the map in order) as a float32 tensor."""
-        return torch.from_numpy(np.ascontiguousarray(self._arrays["activations"][index]))
+        return torch.from_numpy(np.array(self._arrays["activations"][index], copy=True))
 
     def feature_acts(self, index: np.ndarray | slice) -> Tensor | None:
         if not self.has_feature_acts:
             return None
-        return torch.from_numpy(np.ascontiguousarray(self._arrays["feature_acts"][index]))
+        return torch.from_numpy(np.array(self._arrays["feature_acts"][index], copy=True))
 
     def tensor(self, name: str) -> Tensor | None:
         """A small whole tensor (ground_truth, feature_probability, represented) or None."""

@@ -99,14 +99,20 @@ def _has_wandb_credentials() -> bool:
         return False
 
 
+_runs_made = 0
+
+
 def shared_run_id() -> str:
-    """One run id for all ranks: made by the first process, inherited through the environment
-    by the processes Lightning launches."""
-    run_id = os.environ.get(RUN_ID_ENV)
-    if not run_id:
-        run_id = secrets.token_hex(4)
-        os.environ[RUN_ID_ENV] = run_id
-    return run_id
+    """A run id that every rank agrees on without talking: a base made once by the first
+    process (inherited through the environment by the ranks Lightning launches) plus a counter
+    of runs made in this process, which every rank advances in the same order."""
+    global _runs_made
+    base = os.environ.get(RUN_ID_ENV)
+    if not base:
+        base = secrets.token_hex(4)
+        os.environ[RUN_ID_ENV] = base
+    _runs_made += 1
+    return f"{base}{_runs_made}"
 
 
 def make_wandb_logger(config: WandbConfig, out_dir: Path, run_config: dict[str, Any]) -> Any:
@@ -146,6 +152,30 @@ def _wandb_reachable(timeout_s: float = 3.0) -> bool:
         return True
     except OSError:
         return False
+
+
+def wandb_run_info(logger: Any) -> dict[str, Any] | None:
+    """What a later command needs to add to the same wandb run (None without wandb)."""
+    if logger is None:
+        return None
+    run = logger.experiment
+    return {
+        "id": run.id,
+        "project": run.project,
+        "dir": str(logger.save_dir),
+        "mode": "offline" if run.settings._offline else "online",
+    }
+
+
+def reopen_wandb(info: dict[str, Any] | None) -> Any:
+    """Resume a finished run (offline or online) to log evaluation results into it."""
+    if not info:
+        return None
+    import wandb
+
+    return wandb.init(
+        id=info["id"], project=info["project"], dir=info["dir"], mode=info["mode"], resume="allow"
+    )
 
 
 def finish_wandb(logger: Any) -> None:
