@@ -26,6 +26,7 @@ class SAEModule(L.LightningModule):
     window_fired: Tensor
     log_fired: Tensor
     log_samples: Tensor
+    resampled_total: Tensor
 
     def __init__(
         self,
@@ -52,6 +53,7 @@ class SAEModule(L.LightningModule):
         self.register_buffer("window_fired", torch.zeros(len(l1), s.d_sae))
         self.register_buffer("log_fired", torch.zeros(len(l1), s.d_sae))
         self.register_buffer("log_samples", torch.zeros(()))
+        self.register_buffer("resampled_total", torch.zeros(len(l1)))
 
     # -- data ----------------------------------------------------------------------------
     def _shards(self) -> tuple[range, int]:
@@ -129,7 +131,12 @@ class SAEModule(L.LightningModule):
         dead = counts == 0
         r, c = self.config.resample, self.config
         inputs = self.source.sample(r.samples, shard_seed(c.train.data_seed, step, 77), self.device)
-        generator = torch.Generator().manual_seed(shard_seed(c.sweep.seed[0], step, 99))
+        # One generator per instance, from the instance's own seed: a sweep member resamples
+        # exactly as it would if trained alone.
+        generator = [
+            torch.Generator().manual_seed(shard_seed(seed, step, 99))
+            for seed in c.sweep.expanded()[2]
+        ]
         optimizer = self.optimizers()
         optimizer = getattr(optimizer, "optimizer", optimizer)
         n = resample_dead_latents(
@@ -142,7 +149,7 @@ class SAEModule(L.LightningModule):
             r.encoder_scale,
         )
         self.window_fired.zero_()
-        self.resampled_last = n
+        self.resampled_total += n.to(self.resampled_total)
         return n
 
     def _log_metrics(self, x: Tensor, out: Any, per_instance: Tensor, l1: Tensor) -> None:
@@ -165,6 +172,7 @@ class SAEModule(L.LightningModule):
                 f"dead_fraction/instance_{k}": dead[k],
                 f"l1_coefficient/instance_{k}": l1[k],
                 f"lr/instance_{k}": lr_now[k],
+                f"resampled/instance_{k}": self.resampled_total[k],
             }
         self.log_dict(metrics, on_step=True, sync_dist=True)
         self.firing_frequency = (counts / samples.clamp_min(1)).cpu()

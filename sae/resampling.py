@@ -31,27 +31,38 @@ def resample_dead_latents(
     dead: Tensor,
     inputs: Tensor,
     method: str,
-    generator: torch.Generator,
+    generator: torch.Generator | list[torch.Generator],
     encoder_scale: float = 0.2,
 ) -> Tensor:
     """Rewrite the dead latents ([instances, d_sae] bool) in place; returns the count per instance.
 
     ``inputs`` [n, d_in] are candidate inputs, identical on every rank; ``generator`` is a CPU
-    generator seeded identically on every rank.
+    generator seeded identically on every rank, or one per instance (seeded from each
+    instance's own seed, so that an instance resamples exactly as it would if trained alone).
     """
     n_dead = dead.sum(-1)
     if not bool(dead.any()):
         return n_dead
     I, L, d = sae.n_instances, sae.d_sae, sae.d_in
     device = sae.W_enc.device
+    generators = generator if isinstance(generator, list) else [generator] * I
+    if len(generators) != I:
+        raise ValueError(f"need one generator per instance ({I}), got {len(generators)}")
     if method == "anthropic":
         losses = (sae(inputs).x_hat - inputs).square().sum(-1).double().cpu()  # [I, n]
         weights = losses.square()
         weights = torch.where(weights.sum(-1, keepdim=True) > 0, weights, torch.ones_like(weights))
-        picks = torch.multinomial(weights, L, replacement=True, generator=generator)  # [I, L]
+        picks = torch.stack(
+            [
+                torch.multinomial(weights[k], L, replacement=True, generator=generators[k])
+                for k in range(I)
+            ]
+        )  # [I, L]
         directions = inputs.cpu()[picks]  # [I, L, d]
     elif method == "simple":
-        directions = torch.randn(I, L, d, generator=generator, dtype=torch.float32)
+        directions = torch.stack(
+            [torch.randn(L, d, generator=generators[k], dtype=torch.float32) for k in range(I)]
+        )
     else:
         raise ValueError(f"unknown resampling method {method!r}")
     directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12)

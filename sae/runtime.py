@@ -203,7 +203,7 @@ def make_trainer(
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
-    from sae.training_guards import AtomicCheckpointIO, FiniteGuard, StopOnSignal
+    from sae.training_guards import AtomicCheckpointIO, FiniteGuard, RankAgreement, StopOnSignal
 
     strategy: Any = runtime.strategy
     if runtime.devices * runtime.num_nodes > 1 or runtime.strategy != "auto":
@@ -212,6 +212,7 @@ def make_trainer(
     all_callbacks = [
         FiniteGuard(math.gcd(log_every, checkpoint_every), out_dir),
         StopOnSignal(out_dir),
+        RankAgreement(),
     ]
     all_callbacks += list(callbacks)
     all_callbacks.append(

@@ -14,7 +14,7 @@ from sae.files import write_json, write_text
 from sae.io import save_sae
 from sae.lightning_module import SAEModule
 from sae.metrics_log import MetricsFile
-from sae.runtime import apply_threads, finish_wandb, make_trainer, make_wandb_logger
+from sae.runtime import apply_threads, finish_wandb, make_trainer, make_wandb_logger, wandb_run_info
 from sae.training_guards import run_fit
 
 
@@ -51,10 +51,14 @@ def train_saes(
     if not trainer.is_global_zero:
         return None
     folders = save_instances(module, config, out_dir, source_info or {})
-    write_json(
-        out_dir / "run.json",
-        {"instances": [str(f.name) for f in folders], "source": source_info or {}},
-    )
+    run_record = {
+        "instances": [f.name for f in folders],
+        "source": source_info or {},
+        "world_size": getattr(module, "world_size", 1),
+        "ranks_identical": getattr(module, "ranks_identical", True),
+        "wandb": wandb_run_info(logger),
+    }
+    write_json(out_dir / "run.json", run_record)
     finish_wandb(logger)
     return folders
 

@@ -126,6 +126,22 @@ class StopOnSignal(Callback):
             trainer.save_checkpoint(self.out_dir / CHECKPOINT_DIR / LAST)
 
 
+class RankAgreement(Callback):
+    """At the end of a multi-process run, checks that every rank holds bit-identical weights
+    (they must: same initialisation, all-reduced gradients, identical resampling)."""
+
+    def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        module.world_size = trainer.world_size
+        module.ranks_identical = True
+        if trainer.world_size == 1:
+            return
+        flat = torch.cat([p.detach().flatten() for p in module.parameters()])
+        gathered = trainer.strategy.all_gather(flat)
+        module.ranks_identical = bool((gathered == gathered[0]).all())
+        if not module.ranks_identical:
+            raise RunError("ranks ended with different weights; the run is not data-parallel-safe")
+
+
 def last_checkpoint(out_dir: Path) -> Path:
     return Path(out_dir) / CHECKPOINT_DIR / LAST
 

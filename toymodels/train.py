@@ -109,7 +109,12 @@ def _finish(
                 "interference": diag.interference[k].tolist(),
             }
         )
-    metrics = {"kind": m.kind, "instances": records}
+    metrics = {
+        "kind": m.kind,
+        "world_size": getattr(module, "world_size", 1),
+        "ranks_identical": getattr(module, "ranks_identical", True),
+        "instances": records,
+    }
     write_json(out_dir / "metrics.json", metrics)
     plots = _plot(model, distribution, diag, config, out_dir / "plots")
     if logger is not None:
