@@ -72,7 +72,8 @@ def run_pipeline(
             return None
     if not act_file.exists():
         echo(
-            f"[2/4] exporting {config.export.samples} activations of instance {config.export.instance}"
+            f"[2/4] exporting {config.export.samples} activations of instance "
+            f"{config.export.instance}"
         )
         export_activations(
             toy_dir,
@@ -109,7 +110,8 @@ def run_pipeline(
     )
     best = best_sae(results)
     echo(
-        f"best: {best} (l1 = {results[best]['cfg']['l1_coefficient']:g}); report: {out_dir / 'report.md'}"
+        f"best: {best} (l1 = {results[best]['cfg']['l1_coefficient']:g}); "
+        f"report: {out_dir / 'report.md'}"
     )
     return results
 
