@@ -89,8 +89,11 @@ def resolve_run(
     out_dir: Path | None,
     resume_dir: Path | None,
     overwrite: bool,
+    prepare: bool = True,
 ) -> tuple[T, Path, bool]:
-    """The config and output folder of a run; refuses to clobber an existing run."""
+    """The config and output folder of a run; refuses to clobber an existing run. With
+    ``prepare=False`` the caller checks its inputs first, then calls ``prepare_out_dir`` (so a
+    broken input never costs a run that --overwrite was about to replace)."""
     if resume_dir is not None:
         if config_path is not None:
             raise UsageError("--resume reads the config saved in the run folder; drop --config")
@@ -103,8 +106,17 @@ def resolve_run(
     if out_dir is None:
         raise UsageError("missing option '--out'")
     config = load_config(cls, config_path, list(overrides))
-    prepare_out_dir(out_dir, overwrite)
+    if prepare:
+        prepare_out_dir(out_dir, overwrite)
     return config, out_dir, False
+
+
+def require_checkpoint(out_dir: Path) -> None:
+    """--resume of a training command needs the checkpoint; say so before any setup runs."""
+    from sae.training_guards import CHECKPOINT_DIR, LAST, last_checkpoint
+
+    if not last_checkpoint(out_dir).is_file():
+        raise UsageError(f"nothing to resume in {out_dir}: no {CHECKPOINT_DIR}/{LAST}")
 
 
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -120,7 +132,10 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
                 "it or --overwrite to replace it"
             )
         shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create output folder {out_dir}: {e.strerror}") from None
 
 
 def is_main_process() -> bool:

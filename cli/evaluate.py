@@ -76,6 +76,12 @@ def evaluate_run(
     results: dict[str, dict[str, Any]] = {}
     for name in run["instances"]:
         loaded = load_sae(run_dir / name)
+        width = truth["ground_truth"].shape[1]
+        if width != loaded.sae.d_in:
+            raise UsageError(
+                f"{truth['source']}: activations have {width} dimensions but {run_dir / name} "
+                f"reads {loaded.sae.d_in}"
+            )
         result = evaluate_sae(
             loaded.sae,
             truth["ground_truth"],
@@ -122,6 +128,7 @@ def _ground_truth(
 
         names = file.info.get("feature_names")
         return {
+            "source": str(path),
             "ground_truth": file.tensor("ground_truth"),
             "represented": file.tensor("represented"),
             "names": names,
@@ -137,6 +144,7 @@ def _ground_truth(
             yield toy.sample(min(batch_size, samples - i), g)
 
     return {
+        "source": str(config.data.toy_dir),
         "ground_truth": toy.ground_truth,
         "represented": toy.represented(),
         "names": toy.feature_names,

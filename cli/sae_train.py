@@ -6,7 +6,14 @@ from pathlib import Path
 
 import click
 
-from cli.common import config_options, device_options, device_overrides, resolve_run
+from cli.common import (
+    config_options,
+    device_options,
+    device_overrides,
+    prepare_out_dir,
+    require_checkpoint,
+    resolve_run,
+)
 
 
 @click.command("train")
@@ -53,9 +60,19 @@ def train(
     if instance is not None:
         extra.append(f"data.toy_instance={instance}")
     config, out, resuming = resolve_run(
-        SAERunConfig, config_path, list(overrides) + extra, out_dir, resume_dir, overwrite
+        SAERunConfig,
+        config_path,
+        list(overrides) + extra,
+        out_dir,
+        resume_dir,
+        overwrite,
+        prepare=False,
     )
-    source, info = build_source(config)
+    if resuming:
+        require_checkpoint(out)
+    source, info = build_source(config)  # a broken input fails before the folder is touched
+    if not resuming:
+        prepare_out_dir(out, overwrite)
     folders = train_saes(config, source, out, resume=resuming, source_info=info)
     if folders is not None:
         click.echo(f"wrote {len(folders)} SAE(s) to {out}")

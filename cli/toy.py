@@ -6,7 +6,13 @@ from pathlib import Path
 
 import click
 
-from cli.common import config_options, device_options, device_overrides, resolve_run
+from cli.common import (
+    config_options,
+    device_options,
+    device_overrides,
+    require_checkpoint,
+    resolve_run,
+)
 
 
 @click.group()
@@ -36,6 +42,8 @@ def train(
     config, out, resuming = resolve_run(
         ToyConfig, config_path, overrides, out_dir, resume_dir, overwrite
     )
+    if resuming:
+        require_checkpoint(out)
     metrics = train_toy(config, out, resume=resuming)
     if metrics is not None:
         for r in metrics["instances"]:

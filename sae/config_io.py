@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from pathlib import Path
@@ -21,6 +22,18 @@ import yaml
 from sae.errors import UsageError
 
 T = TypeVar("T")
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that also reads ``1e-3`` (a float without a dot) as a number, as YAML
+    1.2 does; PyYAML's YAML 1.1 rules leave it a string, so ``lr: 1e-3`` would be rejected."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
@@ -43,10 +56,12 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as e:
         raise UsageError(f"cannot read config file {path}: {e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_YamlLoader)
     except yaml.YAMLError as e:
-        first = str(e).strip().splitlines()[0]
-        raise UsageError(f"config file {path} is not valid YAML: {first}") from None
+        problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"config file {path} is not valid YAML{where}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -62,7 +77,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not sep or not key.strip():
         raise UsageError(f"override {text!r} must look like key.sub=value")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=_YamlLoader) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key.strip(), value
@@ -105,8 +120,17 @@ def from_dict(cls: type[T], data: Any, source: str = "config", prefix: str = "")
         try:
             validate()
         except ValueError as e:
-            raise UsageError(f"{source}: {prefix}{e}") from None
+            raise UsageError(f"{source}: {_qualify(str(e), prefix)}") from None
     return config
+
+
+def _qualify(message: str, prefix: str) -> str:
+    """A section's validate() names its keys from the section down ('data.x must ...'): put
+    only the part of ``prefix`` above that section in front, so no name appears twice."""
+    parent, _, section = prefix.rstrip(".").rpartition(".")
+    if section and message.startswith((f"{section}.", f"{section} ")):
+        return f"{parent}.{message}" if parent else message
+    return prefix + message
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

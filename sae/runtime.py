@@ -130,7 +130,7 @@ def make_wandb_logger(config: WandbConfig, out_dir: Path, run_config: dict[str, 
         )
         mode = "offline"
     (out_dir / "wandb").mkdir(parents=True, exist_ok=True)
-    return WandbLogger(
+    logger = WandbLogger(
         project=config.project,
         entity=config.entity,
         name=config.name,
@@ -141,16 +141,21 @@ def make_wandb_logger(config: WandbConfig, out_dir: Path, run_config: dict[str, 
         config=run_config,
         resume="allow",
     )
+    # Lightning always passes anonymous=None, which wandb >= 0.19 answers with a warning line.
+    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    return logger
 
 
 def _wandb_reachable(timeout_s: float = 3.0) -> bool:
     import socket
+    from urllib.parse import urlsplit
 
-    host = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].split("/")[0]
+    url = urlsplit(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
     try:
-        socket.create_connection((host.split(":")[0], 443), timeout=timeout_s).close()
+        port = url.port or (80 if url.scheme == "http" else 443)
+        socket.create_connection((url.hostname or "", port), timeout=timeout_s).close()
         return True
-    except OSError:
+    except (OSError, ValueError):
         return False
 
 
@@ -201,6 +206,7 @@ def make_trainer(
     summary, atomic checkpoints in ``out_dir/checkpoints`` (``last.ckpt`` is what resumes),
     a NaN guard and a clean stop on SIGINT/SIGTERM."""
     import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 
     from sae.training_guards import AtomicCheckpointIO, FiniteGuard, RankAgreement, StopOnSignal
@@ -246,8 +252,11 @@ def make_trainer(
             use_distributed_sampler=False,
             plugins=[AtomicCheckpointIO()],
         )
-    except (ValueError, RuntimeError) as e:
-        raise UsageError(f"cannot set up devices: {str(e).splitlines()[0]}") from None
+    except (ValueError, RuntimeError, ImportError, MisconfigurationException) as e:
+        raise UsageError(
+            f"cannot set up devices (runtime.accelerator={runtime.accelerator}, "
+            f"runtime.devices={runtime.devices}): {str(e).strip().splitlines()[0]}"
+        ) from None
 
 
 def _ddp_strategy(runtime: RuntimeConfig) -> Any:

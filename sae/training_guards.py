@@ -36,6 +36,19 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with atomic_path(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
 
+    def load_checkpoint(self, path: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """A damaged checkpoint is one line naming the file, not torch's unpickling trace."""
+        try:
+            checkpoint = super().load_checkpoint(path, *args, **kwargs)
+        except FileNotFoundError:
+            raise UsageError(f"checkpoint not found: {path}") from None
+        except Exception as e:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+            first = str(e).strip().split("\n")[0].split(". ")[0] or type(e).__name__
+            raise UsageError(f"{path}: unreadable checkpoint ({first})") from None
+        if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+            raise UsageError(f"{path}: not a training checkpoint (no state_dict)")
+        return checkpoint
+
 
 class FiniteGuard(Callback):
     """Stops the run on a NaN/Inf loss or weight. Checks only on logging and checkpoint steps
