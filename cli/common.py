@@ -12,7 +12,6 @@ import click
 from sae.config_io import load_config
 from sae.errors import UsageError
 
-DEBUG_ENV = "SAE_TOOLKIT_DEBUG"
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -3,7 +3,6 @@ status 2 (usage) or 1 (runtime); ``--debug`` shows the traceback instead."""
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -11,7 +10,6 @@ from typing import Any
 
 import click
 
-from cli.common import DEBUG_ENV
 from cli.evaluate import eval_command
 from cli.run import run
 from cli.sae_train import train
@@ -20,12 +18,10 @@ from sae.errors import ToolkitError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks and Lightning's own messages.")
 def cli(debug: bool) -> None:
     """Train toy models of superposition, train SAEs on their activations, score the SAEs
     against the known features."""
-    if debug:
-        os.environ[DEBUG_ENV] = "1"
 
 
 cli.add_command(toy)
@@ -39,8 +35,25 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(run_cli(cli.main, argv))
 
 
+def quiet_libraries() -> None:
+    """Keep stderr for our own messages: Lightning's start-up notes (accelerator lines, tips)
+    and third-party deprecation warnings only show with --debug."""
+    import logging
+    import warnings
+
+    import lightning.pytorch  # noqa: F401  (its import sets its loggers to INFO; override after)
+
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", message=".*litlogger.*")
+
+
 def run_cli(entry: Callable[..., Any], argv: list[str] | None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    if not debug:
+        quiet_libraries()
     try:
         entry(args=argv, standalone_mode=False, prog_name="sae")
         return 0

@@ -26,7 +26,6 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from cli.common import DEBUG_ENV
 from cli.main import cli, run_cli
 from sae.activations import ActivationFile, write_activation_file
 from sae.data import FileSource
@@ -449,7 +448,6 @@ def test_debug_shows_the_traceback(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delenv(DEBUG_ENV, raising=False)  # --debug sets it; put it back afterwards
     case = CASES[name]
     fill = _prepare(case, tmp_path, base)
     code, _, err = sae_cli(["--debug", *case.argv.format(**fill).split()], capsys)
