@@ -68,11 +68,26 @@ def train(
     required=True,
     help="The safetensors file to write.",
 )
+@click.option("--overwrite", is_flag=True, help="Replace an existing file at --out.")
 def export(
-    run_dir: Path, instance: int, samples: int, seed: int, no_feature_acts: bool, out: Path
+    run_dir: Path,
+    instance: int,
+    samples: int,
+    seed: int,
+    no_feature_acts: bool,
+    out: Path,
+    overwrite: bool,
 ) -> None:
     """Write activations with ground truth of one trained instance (safetensors)."""
     from toymodels.export import export_activations
 
-    export_activations(run_dir, instance, samples, out, seed=seed, feature_acts=not no_feature_acts)
+    export_activations(
+        run_dir,
+        instance,
+        samples,
+        out,
+        seed=seed,
+        feature_acts=not no_feature_acts,
+        overwrite=overwrite,
+    )
     click.echo(f"wrote {out}")

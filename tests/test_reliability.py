@@ -320,6 +320,12 @@ CASES: dict[str, Case] = {
         seed="acts",
     ),
     "export-out-is-folder": Case("toy export {toy_run} --out {out}", 2, ("--out", "{out}")),
+    "export-out-exists": Case(
+        "toy export {toy_run} --out {out}/acts.safetensors",
+        2,
+        ("{out}/acts.safetensors", "--overwrite"),
+        seed="acts",
+    ),
     # output folders holding a run
     "toy-out-holds-run": Case(TOY_TRAIN, 2, ("{out}", "--resume", "--overwrite"), seed="toy"),
     "sae-out-holds-run": Case(

@@ -109,8 +109,12 @@ class ToyTrainConfig:
     """Fresh samples used to measure each instance's final loss (and pick restarts)."""
     log_every: int = 100
     """Log metrics every this many steps."""
+    checkpoint_every: int = 1000
+    """Save a resumable checkpoint every this many steps."""
 
     def validate(self) -> None:
+        if self.checkpoint_every < 1:
+            raise ValueError(f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.steps < 1:
             raise ValueError(f"train.steps must be >= 1, got {self.steps}")
         if self.batch_size < 1 or self.restarts < 1 or self.eval_samples < 1:

@@ -91,11 +91,14 @@ def export_activations(
     seed: int = 0,
     feature_acts: bool = True,
     chunk: int = 65_536,
+    overwrite: bool = True,
 ) -> Path:
     """Write ``samples`` activations of ``instance`` with ground truth to ``out``."""
     if samples < 1:
         raise UsageError(f"--samples must be >= 1, got {samples}")
     source = ToyActivationSource(run_dir, instance)
+    if Path(out).exists() and not overwrite:
+        raise UsageError(f"{out} already exists; use --overwrite to replace it")
     g = torch.Generator().manual_seed(seed)
     acts, codes = [], []
     for start in range(0, samples, chunk):

@@ -39,6 +39,7 @@ def train_toy(
         out_dir,
         logger,
         log_every=config.train.log_every,
+        checkpoint_every=config.train.checkpoint_every,
     )
     if trainer.is_global_zero:
         write_text(out_dir / "config.yaml", config_to_yaml(config))
