@@ -55,6 +55,14 @@ class SAEModule(L.LightningModule):
         self.register_buffer("log_samples", torch.zeros(()))
         self.register_buffer("resampled_total", torch.zeros(len(l1)))
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets _current_fx_name around every hook call (~46 times a step); it is a
+        # plain attribute, so skip nn.Module's parameter/buffer/module bookkeeping.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     # -- data ----------------------------------------------------------------------------
     def _shards(self) -> tuple[range, int]:
         world = self.trainer.world_size
@@ -96,7 +104,9 @@ class SAEModule(L.LightningModule):
         out = self.sae(x)
         l1 = self.l1_coefficient * warmup_factor(step, self.config.train.l1_warmup_steps)
         per_instance = out.reconstruction + l1 * out.sparsity
-        fired = (out.codes > 0).sum(1).float()
+        # Counts of codes > 0 as float32 0/1 sums: exact (batch < 2^24), the same numbers as
+        # (codes > 0).sum(1).float() without widening a bool tensor to int64 (3-4x faster).
+        fired = torch.gt(out.codes, 0, out=torch.empty_like(out.codes)).sum(1)
         r = self.config.resample
         if r.method != "none":
             if step % r.every == r.every - r.window:
@@ -104,7 +114,10 @@ class SAEModule(L.LightningModule):
             self.window_fired += fired
         self.log_fired += fired
         self.log_samples += x.shape[0]
-        if step % self.config.train.log_every == 0:
+        # Lightning hands logged values to the logger at batches with (step + 1) %
+        # log_every_n_steps == 0, stamped with that step; logging on those same steps keeps the
+        # logger's values and steps aligned (else step s's values are stamped s + log_every - 1).
+        if (step + 1) % self.config.train.log_every == 0:
             self._log_metrics(x, out, per_instance, l1)
         return per_instance.sum()
 

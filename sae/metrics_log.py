@@ -38,8 +38,8 @@ class MetricsFile(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        step = trainer.global_step - 1
-        if step % self.every or not trainer.is_global_zero:
+        step = trainer.global_step - 1  # the step just trained
+        if (step + 1) % self.every or not trainer.is_global_zero:  # the module's logging steps
             return
         record = {"step": step}
         record |= {k: float(v) for k, v in trainer.callback_metrics.items()}

@@ -61,8 +61,9 @@ class SparseAutoencoder(nn.Module):
         # W_enc(x − b_dec) + b_enc = x W_enc + (b_enc − b_dec W_enc): one matmul, no copy of x
         # per instance.
         bias = self.b_enc - torch.einsum("id,ids->is", self.b_dec, self.W_enc)
-        pre = torch.matmul(x, self.W_enc) + bias[:, None, :]
-        return torch.relu(pre)
+        pre = torch.matmul(x, self.W_enc)
+        pre += bias[:, None, :]  # in place: same numbers, two fewer [I, B, d_sae] temporaries
+        return torch.relu_(pre)
 
     def decode(self, codes: Tensor) -> Tensor:
         return torch.baddbmm(self.b_dec[:, None, :], codes, self.decoder)

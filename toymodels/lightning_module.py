@@ -35,6 +35,14 @@ class ToyModelModule(L.LightningModule):
         )
         self._generator: torch.Generator | None = None
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets _current_fx_name around every hook call (~46 times a step); it is a
+        # plain attribute, so skip nn.Module's parameter/buffer/module bookkeeping.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
     def draw_batch(self, step: int) -> Tensor:
         """This rank's share of global batch ``step``: blocks of a seeded stream, so any
         device count that divides ``data_shards`` sees the same global batch."""
@@ -58,7 +66,9 @@ class ToyModelModule(L.LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         per_instance = self.per_instance_loss(self.draw_batch(self.global_step))
         loss = per_instance.sum()
-        if self.global_step % self.config.train.log_every == 0:
+        # Lightning writes logged values at batches with (step + 1) % log_every_n_steps == 0,
+        # stamped with that step; logging on the same steps keeps values and steps aligned.
+        if (self.global_step + 1) % self.config.train.log_every == 0:
             self._log_metrics(loss, per_instance)
         return loss
 
