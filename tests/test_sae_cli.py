@@ -3,16 +3,13 @@ offline logging read back from the run's own record file, and errors."""
 
 from __future__ import annotations
 
-import glob
-import json
 import math
-import struct
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from synthetic import write_planted_file
+from wandb_log import history_and_config
 
 from cli.main import cli, run_cli
 from sae.config import SAERunConfig
@@ -150,34 +147,6 @@ def test_pentagon_config_trains_on_the_live_toy_model(toy_dir, tmp_path, capsys)
 # -- wandb --------------------------------------------------------------------------------
 
 
-def wandb_records(path: Path) -> Iterator[object]:
-    """The protobuf records of a wandb transaction log (``run-<id>.wandb``): a 7-byte header
-    (':W&B', magic, version), then LevelDB-log blocks of 32 KiB whose chunks carry a 7-byte
-    header (crc32c, length, type: 1 full, 2 first, 3 middle, 4 last)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", "not a wandb transaction log"
-    pos, block, pending = 7, 32 * 1024, b""
-    while pos + 7 <= len(data):
-        room = block - pos % block
-        if room < 7:  # the block's tail is padding
-            pos += room
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if kind == 0:  # zero padding up to the end of the block
-            pos += room
-            continue
-        payload, pos = data[pos + 7 : pos + 7 + length], pos + 7 + length
-        if kind in (1, 4):
-            record = pb.Record()
-            record.ParseFromString(pending + payload)
-            pending = b""
-            yield record
-        else:
-            pending += payload
-
-
 def test_wandb_offline_run_holds_the_logged_metrics(acts, tmp_path, capsys) -> None:
     out = tmp_path / "run"
     code = sae(
@@ -189,21 +158,9 @@ def test_wandb_offline_run_holds_the_logged_metrics(acts, tmp_path, capsys) -> N
         "--set", "wandb.project=sae-tests",
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
-    (log,) = glob.glob(str(out / "wandb" / "offline-run-*" / "run-*.wandb"))
-    history: list[dict[str, float]] = []
-    config: dict[str, object] = {}
-    for record in wandb_records(Path(log)):
-        kind = record.WhichOneof("record_type")
-        if kind == "history":
-            row = {
-                item.key or "/".join(item.nested_key): json.loads(item.value_json)
-                for item in record.history.item
-            }
-            history.append(row)
-        elif kind == "run":
-            assert record.run.project == "sae-tests"
-        elif kind == "config":  # hyperparameters saved by the module
-            config |= {item.key: json.loads(item.value_json) for item in record.config.update}
+    (run_folder,) = (out / "wandb").glob("offline-run-*")
+    history, config, project = history_and_config(run_folder)
+    assert project == "sae-tests"
     scalar_rows = [r for r in history if "loss/instance_0" in r]
     assert [int(r["trainer/global_step"]) for r in scalar_rows] == [9, 19, 29, 39]
     for row in scalar_rows:

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import math
 import secrets
-import struct
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +15,7 @@ import torch
 import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
+from wandb_log import history_and_config
 
 from cli.main import cli, run_cli
 from sae.activations import ActivationFile
@@ -307,75 +306,6 @@ def test_wrong_type_is_a_one_line_usage_error(
 
 # -- wandb -----------------------------------------------------------------------------------
 
-BLOCK = 32 * 1024
-
-
-def wandb_records(path: Path) -> list[bytes]:
-    """The records of a wandb transaction log (``run-*.wandb``): a 7-byte header, then
-    LevelDB-style chunks (crc32c, length, type) in 32 KiB blocks."""
-    data = path.read_bytes()
-    assert data[:4] == b":W&B", data[:7]
-    pos, pending, out = 7, b"", []
-    while pos + 7 <= len(data):
-        left = BLOCK - pos % BLOCK
-        if left < 7:  # block trailer padding
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        if length == 0 and kind == 0:
-            pos += left
-            continue
-        chunk = data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind == 1:  # full
-            out.append(chunk)
-        elif kind == 2:  # first
-            pending = chunk
-        elif kind == 3:  # middle
-            pending += chunk
-        elif kind == 4:  # last
-            out.append(pending + chunk)
-            pending = b""
-    return out
-
-
-def parsed_records(log: Path, timeout_s: float = 60.0) -> list[Any]:
-    """The log's records once its final ``exit`` record is on disk: ``run.finish()`` can return
-    before wandb-core has flushed its buffered writer, so wait for the file to be complete."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    deadline = time.monotonic() + timeout_s
-    while True:
-        records = []
-        for raw in wandb_records(log):
-            record = pb.Record()
-            record.ParseFromString(raw)
-            records.append(record)
-        kinds = [r.WhichOneof("record_type") for r in records]
-        if "exit" in kinds or time.monotonic() > deadline:
-            assert "exit" in kinds, f"{log} never got its exit record: {kinds}"
-            return records
-        time.sleep(0.2)
-
-
-def wandb_history(run_folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    (log,) = run_folder.glob("run-*.wandb")
-    history, config = [], {}
-    for record in parsed_records(log):
-        kind = record.WhichOneof("record_type")
-        if kind == "history":
-            history.append(
-                {
-                    (i.key or "/".join(i.nested_key)): json.loads(i.value_json)
-                    for i in record.history.item
-                }
-            )
-        elif kind in ("run", "config"):
-            updates = record.run.config.update if kind == "run" else record.config.update
-            for item in updates:
-                config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
-    return history, config
-
 
 def replay_losses(config: ToyConfig, steps: list[int]) -> dict[int, torch.Tensor]:
     """Per-instance training loss at each step in ``steps``, by re-running the optimisation
@@ -408,7 +338,7 @@ def test_wandb_offline_run_holds_the_logged_history(
     code, _, err = sae(capsys, "toy", "train", "--config", config_path, "--out", out)
     assert code == 0, err
     (run_folder,) = (out / "wandb").glob("offline-run-*")
-    history, logged_config = wandb_history(run_folder)
+    history, logged_config, _ = history_and_config(run_folder)
     # The run config (from wandb.init) and the module's hyperparameters (Lightning).
     assert logged_config["model"]["n_features"] == 5
     assert logged_config["config"]["train"]["log_every"] == 10

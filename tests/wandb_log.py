@@ -1,0 +1,83 @@
+"""Reading an offline wandb run back (wandb 0.31 has no public reader for ``run-*.wandb``).
+
+The file is a 7-byte header (':W&B', magic, version), then LevelDB-style chunks (crc32c,
+length, type: 1 full, 2 first, 3 middle, 4 last) in 32 KiB blocks, each a protobuf Record.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+BLOCK = 32 * 1024
+
+
+def raw_records(path: Path) -> list[bytes]:
+    data = path.read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    pos, pending, out = 7, b"", []
+    while pos + 7 <= len(data):
+        left = BLOCK - pos % BLOCK
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        chunk = data[pos + 7 : pos + 7 + length]
+        pos += 7 + length
+        if kind == 1:
+            out.append(chunk)
+        elif kind == 2:
+            pending = chunk
+        elif kind == 3:
+            pending += chunk
+        elif kind == 4:
+            out.append(pending + chunk)
+            pending = b""
+    return out
+
+
+def records(log: Path, timeout_s: float = 60.0) -> list[Any]:
+    """The log's records once its final ``exit`` record is on disk: ``run.finish()`` can return
+    before wandb-core has flushed its buffered writer, so wait for the file to be complete."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        parsed = []
+        for raw in raw_records(log):
+            record = pb.Record()
+            record.ParseFromString(raw)
+            parsed.append(record)
+        kinds = [r.WhichOneof("record_type") for r in parsed]
+        if "exit" in kinds or time.monotonic() > deadline:
+            assert "exit" in kinds, f"{log} never got its exit record: {kinds}"
+            return parsed
+        time.sleep(0.2)
+
+
+def history_and_config(run_folder: Path) -> tuple[list[dict[str, Any]], dict[str, Any], str]:
+    """(history rows, config, project) of an offline run folder ``offline-run-*``."""
+    (log,) = run_folder.glob("run-*.wandb")
+    history, config, project = [], {}, ""
+    for record in records(log):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append(
+                {
+                    (i.key or "/".join(i.nested_key)): json.loads(i.value_json)
+                    for i in record.history.item
+                }
+            )
+        elif kind in ("run", "config"):
+            if kind == "run":
+                project = record.run.project
+            updates = record.run.config.update if kind == "run" else record.config.update
+            for item in updates:
+                config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return history, config, project
