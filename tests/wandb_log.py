@@ -44,16 +44,21 @@ def raw_records(path: Path) -> list[bytes]:
 
 def records(log: Path, timeout_s: float = 60.0) -> list[Any]:
     """The log's records once its final ``exit`` record is on disk: ``run.finish()`` can return
-    before wandb-core has flushed its buffered writer, so wait for the file to be complete."""
+    before wandb-core has flushed its buffered writer, so wait for the file to be complete (and
+    read again if a record was caught half-written)."""
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
     deadline = time.monotonic() + timeout_s
     while True:
         parsed = []
-        for raw in raw_records(log):
-            record = pb.Record()
-            record.ParseFromString(raw)
-            parsed.append(record)
+        try:
+            for raw in raw_records(log):
+                record = pb.Record()
+                record.ParseFromString(raw)
+                parsed.append(record)
+        except DecodeError:  # caught the writer mid-record: read again
+            parsed = []
         kinds = [r.WhichOneof("record_type") for r in parsed]
         if "exit" in kinds or time.monotonic() > deadline:
             assert "exit" in kinds, f"{log} never got its exit record: {kinds}"
