@@ -12,6 +12,7 @@ from sae.config import SAERunConfig
 from sae.config_io import config_to_dict, from_dict
 from sae.data import ActivationSource
 from sae.geometric_median import geometric_median
+from sae.metrics_log import log_scalars
 from sae.model import SparseAutoencoder
 from sae.optim import InstanceAdam
 from sae.resampling import resample_dead_latents
@@ -187,7 +188,7 @@ class SAEModule(L.LightningModule):
                 f"lr/instance_{k}": lr_now[k],
                 f"resampled/instance_{k}": self.resampled_total[k],
             }
-        self.log_dict(metrics, on_step=True, sync_dist=True)
+        log_scalars(self, metrics)
         self.firing_frequency = (counts / samples.clamp_min(1)).cpu()
         self.log_fired.zero_()
         self.log_samples.zero_()

@@ -1,5 +1,10 @@
-"""Writes what a run logs to ``metrics.jsonl`` in the run folder (what tests read), next to
-wandb. Rank 0 only; the file is rewritten atomically, so it is never half a line."""
+"""Scalar logging for the training modules: one reduction across ranks, one host sync and one
+logger call per logging step (Lightning's ``self.log`` costs ~0.4 ms per key, 30 ms a logging
+step for an 8-SAE sweep), and ``metrics.jsonl`` in the run folder with the same numbers.
+
+``metrics.jsonl`` is appended one flushed line per logging step by rank 0; a crash can cut at
+most the last line, which ``read_metrics`` skips. On resume, records at or past the resumed step
+are dropped first (that rewrite is atomic)."""
 
 from __future__ import annotations
 
@@ -8,27 +13,40 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import Callback
+from torch import Tensor
 
 from sae.files import write_text
 
 METRICS_LOG = "metrics.jsonl"
 
 
+def log_scalars(module: L.LightningModule, metrics: dict[str, Tensor]) -> dict[str, float]:
+    """Average ``metrics`` over ranks and send them to the logger at the current step; the
+    record is left on ``module.latest_scalars`` for ``MetricsFile``. Call on every rank."""
+    values = torch.stack([v.detach().float().reshape(()) for v in metrics.values()])
+    trainer = module.trainer
+    if trainer.world_size > 1:
+        values = trainer.strategy.reduce(values, reduce_op="mean")
+    record = dict(zip(metrics, values.tolist()))
+    step = module.global_step
+    if trainer.is_global_zero and trainer.logger is not None:
+        trainer.logger.log_metrics(record, step=step)
+    module.latest_scalars = {"step": step} | record
+    return record
+
+
 class MetricsFile(Callback):
-    def __init__(self, out_dir: Path, every: int) -> None:
+    """Appends each logging step's record (``module.latest_scalars``) to ``metrics.jsonl``."""
+
+    def __init__(self, out_dir: Path) -> None:
         self.path = Path(out_dir) / METRICS_LOG
-        self.every = every
-        self.lines: list[str] = []
 
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        if trainer.is_global_zero and self.path.exists():  # resuming: keep the earlier records
-            start = trainer.global_step
-            self.lines = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) < start
-            ]
+        if trainer.is_global_zero and self.path.exists():  # resuming: drop what gets redone
+            kept = [r for r in read_metrics(self.path.parent) if r["step"] < trainer.global_step]
+            write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def on_train_batch_end(
         self,
@@ -38,15 +56,20 @@ class MetricsFile(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        step = trainer.global_step - 1  # the step just trained
-        if (step + 1) % self.every or not trainer.is_global_zero:  # the module's logging steps
+        record = getattr(module, "latest_scalars", None)
+        if record is None or not trainer.is_global_zero:
             return
-        record = {"step": step}
-        record |= {k: float(v) for k, v in trainer.callback_metrics.items()}
-        self.lines.append(json.dumps(record))
-        write_text(self.path, "\n".join(self.lines) + "\n")
+        module.latest_scalars = None
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
 
 def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
-    path = Path(out_dir) / METRICS_LOG
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    """The records of ``out_dir/metrics.jsonl``, skipping a line cut short by a crash."""
+    records = []
+    for line in (Path(out_dir) / METRICS_LOG).read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records

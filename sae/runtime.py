@@ -7,7 +7,6 @@ path with one set of device, logging and checkpoint behaviour.
 from __future__ import annotations
 
 import datetime
-import math
 import os
 import secrets
 import sys
@@ -216,7 +215,7 @@ def make_trainer(
         strategy = _ddp_strategy(runtime)
     checkpoint_every = max(1, min(max_steps, checkpoint_every))
     all_callbacks = [
-        FiniteGuard(math.gcd(log_every, checkpoint_every), out_dir),
+        FiniteGuard(out_dir, log_every, checkpoint_every),
         StopOnSignal(out_dir),
         RankAgreement(),
     ]

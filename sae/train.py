@@ -41,7 +41,7 @@ def train_saes(
         t.steps,
         out_dir,
         logger,
-        callbacks=[MetricsFile(out_dir, t.log_every), FiringHistogram()],
+        callbacks=[MetricsFile(out_dir), FiringHistogram()],
         log_every=t.log_every,
         checkpoint_every=t.checkpoint_every,
     )

@@ -55,9 +55,9 @@ class FiniteGuard(Callback):
     (no per-step host sync); ModelCheckpoint runs after this callback, so a bad state is never
     saved and the last checkpoint on disk stays good."""
 
-    def __init__(self, every: int, out_dir: Path) -> None:
-        self.every = every
+    def __init__(self, out_dir: Path, *every: int) -> None:
         self.out_dir = out_dir
+        self.every = every
 
     def on_train_batch_end(
         self,
@@ -68,11 +68,15 @@ class FiniteGuard(Callback):
         batch_idx: int,
     ) -> None:
         step = trainer.global_step
-        if step % self.every and step != trainer.max_steps:
+        if all(step % n for n in self.every) and step != trainer.max_steps:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        ok = bool(torch.isfinite(loss).all()) and all(
-            bool(torch.isfinite(p).all()) for p in module.parameters()
+        # One host sync for the loss and every weight together.
+        ok = bool(
+            torch.stack(
+                [torch.isfinite(loss).all()]
+                + [torch.isfinite(p).all() for p in module.parameters()]
+            ).all()
         )
         if not ok:
             last = self.out_dir / CHECKPOINT_DIR / LAST

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from sae.config_io import config_to_dict, from_dict
+from sae.metrics_log import log_scalars
 from sae.schedules import lr_lambda
 from sae.seeding import shard_seed
 from toymodels.config import ToyConfig
@@ -79,7 +80,7 @@ class ToyModelModule(L.LightningModule):
             metrics[f"loss/instance_{k}"] = per_instance[k].detach()
             metrics[f"n_represented/instance_{k}"] = diag.n_represented[k].float()
             metrics[f"dims_per_feature/instance_{k}"] = diag.dims_per_feature[k]
-        self.log_dict(metrics, on_step=True, sync_dist=True)
+        log_scalars(self, metrics)
 
     def configure_optimizers(self) -> Any:
         o = self.config.optim

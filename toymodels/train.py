@@ -9,6 +9,7 @@ import torch
 
 from sae.config_io import config_to_dict, config_to_yaml
 from sae.files import write_json, write_text
+from sae.metrics_log import MetricsFile
 from sae.runtime import apply_threads, finish_wandb, make_trainer, make_wandb_logger
 from sae.training_guards import run_fit
 from toymodels.config import ToyConfig
@@ -38,6 +39,7 @@ def train_toy(
         config.train.steps,
         out_dir,
         logger,
+        callbacks=[MetricsFile(out_dir)],
         log_every=config.train.log_every,
         checkpoint_every=config.train.checkpoint_every,
     )
