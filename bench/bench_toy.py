@@ -1,0 +1,187 @@
+"""Throughput of the paper's basic-results sweep (n=20, m=5, I=0.7^i, 7 sparsities, batch 1024).
+
+Times optimizer steps per second (a) through the Lightning path exactly as ``sae toy train``
+builds it (``make_trainer`` + ``ToyModelModule``, progress bar off, wandb disabled) and (b) a
+bare PyTorch loop over the same module: same data draw, same AdamW and schedule, no Lightning.
+
+    python bench/bench_toy.py --steps 2000 --repeats 5 --threads 1
+
+Each repeat builds a fresh module (and trainer), runs ``--warmup`` steps untimed, then times
+``--steps`` steps. The table gives the median over repeats and the min-max spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from sae.runtime import RuntimeConfig, WandbConfig, make_trainer
+from sae.training_guards import run_fit
+from toymodels.config import ToyConfig, ToyDataConfig, ToyModelConfig, ToyTrainConfig
+from toymodels.lightning_module import ToyModelModule
+
+SPARSITY_SWEEP = [1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001]  # 1 - S
+
+
+def toy_config(steps: int, threads: int, log_every: int = 100) -> ToyConfig:
+    return ToyConfig(
+        model=ToyModelConfig(kind="relu_output", n_features=20, n_hidden=5),
+        data=ToyDataConfig(feature_probability=list(SPARSITY_SWEEP), importance_decay=0.7),
+        train=ToyTrainConfig(steps=steps, batch_size=1024, log_every=log_every),
+        runtime=RuntimeConfig(threads=threads, progress_bar=False),
+        wandb=WandbConfig(enabled=False),
+    )
+
+
+class StepClock(Callback):
+    """Reads the clock after step ``start`` and after the last step (one int compare a step)."""
+
+    def __init__(self, start: int, end: int) -> None:
+        self.start, self.end = start, end
+        self.t0 = self.t1 = self.c0 = self.c1 = 0.0
+
+    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
+        step = trainer.global_step
+        if step == self.start:
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+        elif step == self.end:
+            self.t1, self.c1 = time.perf_counter(), time.process_time()
+
+
+class Timing(NamedTuple):
+    rate: float
+    """steps per second, wall clock"""
+    cpu_us: float
+    """process CPU time per step in µs (user + system, all threads): less sensitive to other
+    processes competing for the cores than the wall clock"""
+
+
+def lightning_run(
+    warmup: int, steps: int, threads: int, log_every: int = 100, checkpoint_every: int = 1000
+) -> tuple[Timing, ToyModelModule]:
+    """Steps/s through make_trainer + ToyModelModule + run_fit, as toymodels.train does."""
+    total = warmup + steps
+    config = toy_config(total, threads, log_every)
+    module = ToyModelModule(config)
+    clock = StepClock(warmup, total)
+    with tempfile.TemporaryDirectory() as out:
+        trainer = make_trainer(
+            config.runtime,
+            total,
+            Path(out),
+            None,
+            callbacks=[clock],
+            log_every=log_every,
+            checkpoint_every=checkpoint_every,
+        )
+        run_fit(trainer, module, range(total), Path(out), resume=False)
+    return Timing(steps / (clock.t1 - clock.t0), (clock.c1 - clock.c0) / steps * 1e6), module
+
+
+def bare_run(warmup: int, steps: int, threads: int) -> tuple[Timing, ToyModelModule]:
+    """The same step without Lightning: draw, loss, zero_grad, backward, AdamW, schedule."""
+    total = warmup + steps
+    module = ToyModelModule(toy_config(total, threads))
+    opt = module.configure_optimizers()
+    optimizer, schedule = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
+    t0 = c0 = 0.0
+    for step in range(total):
+        if step == warmup:
+            t0, c0 = time.perf_counter(), time.process_time()
+        loss = module.per_instance_loss(module.draw_batch(step)).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return Timing(steps / wall, cpu / steps * 1e6), module
+
+
+def machine() -> str:
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{model}, {os.cpu_count()} cores, load average {load:.1f}, torch {torch.__version__}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=2000, help="timed steps per repeat")
+    ap.add_argument("--warmup", type=int, default=200, help="untimed steps first")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+
+    w, n, t = args.warmup, args.steps, args.threads
+    variants: dict[str, Callable[[], Timing]] = {
+        "lightning, as `sae toy train` (log every 100, ckpt every 1000)": lambda: lightning_run(
+            w, n, t
+        )[0],
+        "lightning, no logging or checkpoint in the timed window": lambda: lightning_run(
+            w, n, t, 10**9, 10**9
+        )[0],
+        BARE: lambda: bare_run(w, n, t)[0],
+    }
+    # Same numbers: the Lightning path and the bare loop must end with identical weights.
+    a = lightning_run(10, 40, t, 10**9, 10**9)[1].model.W
+    b = bare_run(10, 40, t)[1].model.W
+    identical = torch.equal(a, b)
+
+    runs: dict[str, list[Timing]] = {name: [] for name in variants}
+    for _ in range(args.repeats):  # interleaved, so drifting load hits every variant alike
+        for name, fn in variants.items():
+            runs[name].append(fn())
+
+    print(
+        f"toy sweep: 7 instances, n=20, m=5, batch 1024; {n} timed steps after {w} warm-up, "
+        f"{args.repeats} repeats, {t} torch thread(s); {machine()}"
+    )
+    print(f"lightning and bare loop give identical weights after 50 steps: {identical}\n")
+    print(table(runs, BARE))
+
+
+BARE = "bare PyTorch loop"
+
+
+def table(runs: dict[str, list[Timing]], bare_key: str) -> str:
+    """Markdown: wall steps/s (median, min-max), CPU µs/step (median, min-max), ratios."""
+    bare_rate = statistics.median(r.rate for r in runs[bare_key])
+    bare_cpu = statistics.median(r.cpu_us for r in runs[bare_key])
+    lines = [
+        "| path | steps/s (median) | min - max | CPU µs/step (median) | min - max "
+        "| speed vs bare (wall) | vs bare (CPU) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in runs.items():
+        rate = [x.rate for x in r]
+        cpu = [x.cpu_us for x in r]
+        med_rate, med_cpu = statistics.median(rate), statistics.median(cpu)
+        lines.append(
+            f"| {name} | {med_rate:,.0f} | {min(rate):,.0f} - {max(rate):,.0f} | "
+            f"{med_cpu:,.0f} | {min(cpu):,.0f} - {max(cpu):,.0f} | "
+            f"{med_rate / bare_rate:.2f}x | {bare_cpu / med_cpu:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
