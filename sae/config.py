@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sae.runtime import RuntimeConfig, WandbConfig
+from sae.runtime import RuntimeConfig, WandbConfig, check_data_shards
 
 
 @dataclass
@@ -181,13 +181,7 @@ class SAERunConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
     def validate(self) -> None:
-        world = self.runtime.devices * self.runtime.num_nodes
-        shards = self.train.data_shards or world
-        if shards % world or self.train.batch_size % shards:
-            raise ValueError(
-                f"train.data_shards ({shards}) must be a multiple of the device count ({world}) "
-                f"and divide train.batch_size ({self.train.batch_size})"
-            )
+        check_data_shards(self.train.data_shards, self.train.batch_size, self.runtime)
 
     @property
     def grad_clip(self) -> float | None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 
@@ -12,6 +11,7 @@ from sae.config import SAERunConfig
 from sae.config_io import config_to_dict, from_dict
 from sae.data import ActivationSource
 from sae.geometric_median import geometric_median
+from sae.lightning_base import LeanModule
 from sae.metrics_log import log_scalars
 from sae.model import SparseAutoencoder
 from sae.optim import InstanceAdam
@@ -20,7 +20,7 @@ from sae.schedules import lr_lambda, warmup_factor
 from sae.seeding import shard_seed
 
 
-class SAEModule(L.LightningModule):
+class SAEModule(LeanModule):
     l1_coefficient: Tensor
     input_scale: Tensor
     initialized: Tensor
@@ -55,14 +55,6 @@ class SAEModule(L.LightningModule):
         self.register_buffer("log_fired", torch.zeros(len(l1), s.d_sae))
         self.register_buffer("log_samples", torch.zeros(()))
         self.register_buffer("resampled_total", torch.zeros(len(l1)))
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets _current_fx_name around every hook call (~46 times a step); it is a
-        # plain attribute, so skip nn.Module's parameter/buffer/module bookkeeping.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     # -- data ----------------------------------------------------------------------------
     def _shards(self) -> tuple[range, int]:

@@ -71,6 +71,18 @@ class WandbConfig:
     """Tags attached to the run."""
 
 
+def check_data_shards(data_shards: int | None, batch_size: int, runtime: RuntimeConfig) -> None:
+    """The global batch is drawn in ``data_shards`` equal blocks, ``data_shards / world`` per
+    rank; raise ValueError (a config error) when that split does not come out even."""
+    world = runtime.devices * runtime.num_nodes
+    shards = data_shards or world
+    if shards % world or batch_size % shards:
+        raise ValueError(
+            f"train.data_shards ({shards}) must be a multiple of the device count ({world}) "
+            f"and divide train.batch_size ({batch_size})"
+        )
+
+
 def apply_threads(runtime: RuntimeConfig) -> None:
     if runtime.threads is not None:
         torch.set_num_threads(runtime.threads)

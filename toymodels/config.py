@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sae.runtime import RuntimeConfig, WandbConfig
+from sae.runtime import RuntimeConfig, WandbConfig, check_data_shards
 
 ToyKind = Literal["linear", "relu_output", "relu_hidden", "abs"]
 
@@ -148,8 +148,7 @@ class ToyConfig:
         in_sets = (d.correlated_sets + d.anticorrelated_sets) * d.set_size
         if in_sets > n:
             raise ValueError(f"data sets need {in_sets} features but model.n_features is {n}")
-        if self.train.batch_size % (self.runtime.devices * self.runtime.num_nodes):
-            raise ValueError("train.batch_size must divide evenly across devices")
+        check_data_shards(self.train.data_shards, self.train.batch_size, self.runtime)
 
     @property
     def n_instances(self) -> int:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
 
 from sae.config_io import config_to_dict, from_dict
+from sae.lightning_base import LeanModule
 from sae.metrics_log import log_scalars
 from sae.schedules import lr_lambda
 from sae.seeding import shard_seed
@@ -19,7 +19,7 @@ from toymodels.diagnostics import diagnose
 from toymodels.models import ToyModel, build_model, weighted_loss
 
 
-class ToyModelModule(L.LightningModule):
+class ToyModelModule(LeanModule):
     def __init__(self, config: ToyConfig | dict[str, Any]) -> None:
         super().__init__()
         if isinstance(config, dict):
@@ -35,14 +35,6 @@ class ToyModelModule(L.LightningModule):
             config.data, m.n_features, repeats_each=restarts, signed=m.kind == "abs"
         )
         self._generator: torch.Generator | None = None
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets _current_fx_name around every hook call (~46 times a step); it is a
-        # plain attribute, so skip nn.Module's parameter/buffer/module bookkeeping.
-        if name == "_current_fx_name":
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     def draw_batch(self, step: int) -> Tensor:
         """This rank's share of global batch ``step``: blocks of a seeded stream, so any

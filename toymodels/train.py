@@ -31,7 +31,6 @@ def train_toy(
     """
     out_dir = Path(out_dir)
     apply_threads(config.runtime)
-    _check_shards(config)
     module = ToyModelModule(config)
     logger = make_wandb_logger(config.wandb, out_dir, config_to_dict(config))
     trainer = make_trainer(
@@ -52,18 +51,6 @@ def train_toy(
     result = _finish(module, config, out_dir, logger)
     finish_wandb(logger)
     return result
-
-
-def _check_shards(config: ToyConfig) -> None:
-    from sae.errors import UsageError
-
-    world = config.runtime.devices * config.runtime.num_nodes
-    shards = config.train.data_shards or world
-    if shards % world or config.train.batch_size % shards:
-        raise UsageError(
-            f"train.data_shards ({shards}) must be a multiple of the device count ({world}) "
-            f"and divide train.batch_size ({config.train.batch_size})"
-        )
 
 
 def select_restarts(losses: torch.Tensor, restarts: int) -> torch.Tensor:
