@@ -17,7 +17,7 @@ from sae.model import SparseAutoencoder
 from sae.optim import InstanceAdam
 from sae.resampling import resample_dead_latents
 from sae.schedules import lr_lambda, warmup_factor
-from sae.seeding import shard_seed
+from sae.seeding import rank_blocks, shard_seed
 
 
 class SAEModule(LeanModule):
@@ -57,16 +57,12 @@ class SAEModule(LeanModule):
         self.register_buffer("resampled_total", torch.zeros(len(l1)))
 
     # -- data ----------------------------------------------------------------------------
-    def _shards(self) -> tuple[range, int]:
-        world = self.trainer.world_size
-        shards = self.config.train.data_shards or world
-        per_rank = shards // world
-        first = self.global_rank * per_rank
-        return range(first, first + per_rank), self.config.train.batch_size // shards
-
     def draw_batch(self, step: int) -> Tensor:
         assert self.source is not None, "SAEModule needs an activation source to train"
-        shards, size = self._shards()
+        t = self.config.train
+        shards, size = rank_blocks(
+            t.data_shards, t.batch_size, self.trainer.world_size, self.global_rank
+        )
         parts = [self.source.block(step, s, size, self.device) for s in shards]
         x = parts[0] if len(parts) == 1 else torch.cat(parts)
         return x * self.input_scale
@@ -107,9 +103,7 @@ class SAEModule(LeanModule):
             self.window_fired += fired
         self.log_fired += fired
         self.log_samples += x.shape[0]
-        # Lightning hands logged values to the logger at batches with (step + 1) %
-        # log_every_n_steps == 0, stamped with that step; logging on those same steps keeps the
-        # logger's values and steps aligned (else step s's values are stamped s + log_every - 1).
+        # Log after every log_every-th step (steps 9, 19, ... for 10), stamped with this step.
         if (step + 1) % self.config.train.log_every == 0:
             self._log_metrics(x, out, per_instance, l1)
         return per_instance.sum()

@@ -16,3 +16,13 @@ def shard_seed(seed: int, step: int, shard: int) -> int:
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & ((1 << 64) - 1)
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & ((1 << 64) - 1)
     return (z ^ (z >> 31)) & _MASK
+
+
+def rank_blocks(
+    data_shards: int | None, batch_size: int, world: int, rank: int
+) -> tuple[range, int]:
+    """The blocks of the global batch that ``rank`` draws (``data_shards`` blocks in all, one per
+    rank when None), and the rows per block. ``check_data_shards`` validates the split."""
+    shards = data_shards or world
+    per_rank = shards // world
+    return range(rank * per_rank, (rank + 1) * per_rank), batch_size // shards

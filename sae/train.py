@@ -106,4 +106,5 @@ class FiringHistogram(Callback):
             f"firing_frequency/instance_{k}": wandb.Histogram(np.log10(freq[k].numpy() + 1e-10))
             for k in range(freq.shape[0])
         }
-        trainer.logger.experiment.log(payload | {"trainer/global_step": trainer.global_step})
+        # The scalars of this logging step went out stamped with the step just trained.
+        trainer.logger.log_metrics(payload, step=trainer.global_step - 1)

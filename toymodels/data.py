@@ -77,6 +77,17 @@ class FeatureDistribution(nn.Module):
             signed,
         )
 
+    def select(self, index: Tensor | slice) -> FeatureDistribution:
+        """The distribution of the chosen instances only."""
+        return FeatureDistribution(
+            self.probability[index],
+            self.importance[index],
+            self.correlated_sets,
+            self.anticorrelated_sets,
+            self.set_size,
+            self.signed,
+        )
+
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw x [batch_size, instances, n_features] on the buffers' device."""
         p = self.probability

@@ -10,11 +10,9 @@ import torch
 from sae.activations import write_activation_file
 from sae.config_io import config_to_dict
 from sae.errors import UsageError
-from toymodels.data import FeatureDistribution
+from toymodels.diagnostics import REPRESENTED_NORM
 from toymodels.io import load_toy_model
-from toymodels.models import build_model
-
-REPRESENTED_NORM = 0.5
+from toymodels.models import select_instances
 
 
 class ToyActivationSource:
@@ -27,23 +25,11 @@ class ToyActivationSource:
             raise UsageError(
                 f"instance {instance} out of range: {run_dir} has instances 0..{n - 1}"
             )
-        m = loaded.config.model
         self.config = loaded.config
         self.instance = instance
-        self.model = build_model(m.kind, 1, m.n_features, m.n_hidden)
-        self.model.load_state_dict(
-            {k: v[instance : instance + 1] for k, v in loaded.model.state_dict().items()}
-        )
+        self.model = select_instances(loaded.model, slice(instance, instance + 1))
         self.model.requires_grad_(False)
-        dist = loaded.distribution
-        self.distribution = FeatureDistribution(
-            dist.probability[instance : instance + 1],
-            dist.importance[instance : instance + 1],
-            dist.correlated_sets,
-            dist.anticorrelated_sets,
-            dist.set_size,
-            dist.signed,
-        )
+        self.distribution = loaded.distribution.select(slice(instance, instance + 1))
         directions, self.feature_names = self.model.ground_truth()
         self.ground_truth = directions[0]
         self.d = self.ground_truth.shape[1]

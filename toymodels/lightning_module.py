@@ -12,7 +12,7 @@ from sae.config_io import config_to_dict, from_dict
 from sae.lightning_base import LeanModule
 from sae.metrics_log import log_scalars
 from sae.schedules import lr_lambda
-from sae.seeding import shard_seed
+from sae.seeding import rank_blocks, shard_seed
 from toymodels.config import ToyConfig
 from toymodels.data import FeatureDistribution
 from toymodels.diagnostics import diagnose
@@ -42,12 +42,11 @@ class ToyModelModule(LeanModule):
         train = self.config.train
         world = self.trainer.world_size if self._trainer is not None else 1
         rank = self.global_rank if self._trainer is not None else 0
-        shards = train.data_shards or world
-        per_rank, block = shards // world, train.batch_size // shards
+        shards, block = rank_blocks(train.data_shards, train.batch_size, world, rank)
         if self._generator is None or self._generator.device != self.device:
             self._generator = torch.Generator(device=self.device)
         parts = []
-        for shard in range(rank * per_rank, (rank + 1) * per_rank):
+        for shard in shards:
             self._generator.manual_seed(shard_seed(train.seed, step, shard))
             parts.append(self.distribution.sample(block, self._generator))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
@@ -59,8 +58,7 @@ class ToyModelModule(LeanModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         per_instance = self.per_instance_loss(self.draw_batch(self.global_step))
         loss = per_instance.sum()
-        # Lightning writes logged values at batches with (step + 1) % log_every_n_steps == 0,
-        # stamped with that step; logging on the same steps keeps values and steps aligned.
+        # Log after every log_every-th step (steps 9, 19, ... for 10), stamped with this step.
         if (self.global_step + 1) % self.config.train.log_every == 0:
             self._log_metrics(loss, per_instance)
         return loss

@@ -126,6 +126,15 @@ def build_model(
     return TiedToyModel(kind, n_instances, n_features, n_hidden, seed)
 
 
+def select_instances(model: ToyModel, index: Tensor | slice) -> ToyModel:
+    """A new model holding only the chosen instances' weights."""
+    state = {k: v[index] for k, v in model.state_dict().items()}
+    n_instances, n_features, n_hidden = model.feature_weights[index].shape
+    selected = build_model(model.kind, n_instances, n_features, n_hidden)
+    selected.load_state_dict(state)
+    return selected
+
+
 def weighted_loss(output: Tensor, target: Tensor, importance: Tensor) -> Tensor:
     """Per-instance loss [instances]: importance-weighted squared error, mean over batch and
     features. The training loss is its sum over instances, so instances never interact."""

@@ -17,7 +17,7 @@ from toymodels.data import FeatureDistribution
 from toymodels.diagnostics import diagnose
 from toymodels.io import MODEL_FILE, save_toy_model
 from toymodels.lightning_module import ToyModelModule
-from toymodels.models import build_model
+from toymodels.models import select_instances
 
 MAX_INSTANCE_PLOTS = 16
 
@@ -66,17 +66,8 @@ def _finish(
     losses = module.evaluate(config.train.eval_samples)
     keep = select_restarts(losses, config.train.restarts)
     m = config.model
-    model = build_model(m.kind, config.n_instances, m.n_features, m.n_hidden)
-    model.load_state_dict({k: v[keep] for k, v in module.model.state_dict().items()})
-    dist = module.distribution
-    distribution = FeatureDistribution(
-        dist.probability[keep],
-        dist.importance[keep],
-        dist.correlated_sets,
-        dist.anticorrelated_sets,
-        dist.set_size,
-        dist.signed,
-    )
+    model = select_instances(module.model, keep)
+    distribution = module.distribution.select(keep)
     save_toy_model(out_dir / MODEL_FILE, model, distribution, config)
 
     diag = diagnose(model.feature_weights)
