@@ -36,11 +36,11 @@ from sae.activations import ActivationFile, write_activation_file
 from sae.config import SAEConfig, SAERunConfig, SAETrainConfig, SweepConfig
 from sae.data import FileSource, GeneratedSource
 from sae.lightning_module import SAEModule
-from sae.metrics_log import MetricsFile
-from sae.runtime import RuntimeConfig, WandbConfig, make_trainer
-from sae.schedules import warmup_factor
+from sae.run.fit import make_trainer, run_fit
+from sae.run.metrics_log import MetricsFile
+from sae.run.runtime import RuntimeConfig, WandbConfig
+from sae.run.schedules import warmup_factor
 from sae.train import FiringHistogram
-from sae.training_guards import run_fit
 from toymodels.data import FeatureDistribution
 from toymodels.models import build_model
 

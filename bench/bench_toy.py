@@ -26,8 +26,8 @@ from typing import Any, NamedTuple
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from sae.runtime import RuntimeConfig, WandbConfig, make_trainer
-from sae.training_guards import run_fit
+from sae.run.fit import make_trainer, run_fit
+from sae.run.runtime import RuntimeConfig, WandbConfig
 from toymodels.config import ToyConfig, ToyDataConfig, ToyModelConfig, ToyTrainConfig
 from toymodels.lightning_module import ToyModelModule
 

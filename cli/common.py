@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 
 import click
 
-from sae.config_io import load_config
-from sae.errors import UsageError
+from sae.run.config_io import load_config
+from sae.run.errors import UsageError
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -112,7 +112,7 @@ def resolve_run(
 
 def require_checkpoint(out_dir: Path) -> None:
     """--resume of a training command needs the checkpoint; say so before any setup runs."""
-    from sae.training_guards import CHECKPOINT_DIR, LAST, last_checkpoint
+    from sae.run.guards import CHECKPOINT_DIR, LAST, last_checkpoint
 
     if not last_checkpoint(out_dir).is_file():
         raise UsageError(f"nothing to resume in {out_dir}: no {CHECKPOINT_DIR}/{LAST}")

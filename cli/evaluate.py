@@ -10,7 +10,7 @@ from typing import Any
 import click
 import torch
 
-from sae.errors import UsageError
+from sae.run.errors import UsageError
 
 TABLE_KEYS = [
     "represented/mcc",
@@ -62,10 +62,10 @@ def evaluate_run(
 ) -> dict[str, dict[str, Any]]:
     """Evaluate each ``sae_<k>`` of a run; returns name -> {scalars, cfg, plots}."""
     from sae.config import SAERunConfig
-    from sae.config_io import load_config
     from sae.evaluate import evaluate_sae, write_eval
     from sae.io import load_sae
-    from sae.runtime import reopen_wandb
+    from sae.run.config_io import load_config
+    from sae.run.runtime import reopen_wandb
 
     run_json = run_dir / "run.json"
     if not run_json.exists():

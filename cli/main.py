@@ -14,7 +14,7 @@ from cli.evaluate import eval_command
 from cli.run import run
 from cli.sae_train import train
 from cli.toy import toy
-from sae.errors import ToolkitError
+from sae.run.errors import ToolkitError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

@@ -8,9 +8,9 @@ from typing import Any
 
 from cli.common import is_main_process
 from sae.config import SAERunConfig
-from sae.config_io import config_to_yaml
-from sae.files import write_text
-from sae.training_guards import last_checkpoint
+from sae.run.config_io import config_to_yaml
+from sae.run.files import write_text
+from sae.run.guards import last_checkpoint
 from toymodels.config import ToyConfig
 
 STAGES = ("toy", "activations.safetensors", "sae", "report.md")

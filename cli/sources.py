@@ -8,7 +8,7 @@ from typing import Any
 from sae.activations import ActivationFile
 from sae.config import SAERunConfig
 from sae.data import ActivationSource, FileSource, GeneratedSource
-from sae.errors import UsageError
+from sae.run.errors import UsageError
 
 
 def build_source(config: SAERunConfig) -> tuple[ActivationSource, dict[str, Any]]:

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sae.errors import UsageError
-from sae.files import atomic_path
+from sae.run.errors import UsageError
+from sae.run.files import atomic_path
 
 FORMAT = "sae-toolkit/activations"
 VERSION = "1"

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from sae.activations import ActivationFile
-from sae.seeding import shard_seed
+from sae.run.seeding import shard_seed
 
 
 class ActivationSource(Protocol):
@@ -39,7 +39,7 @@ class FileSource:
         self.d = file.d
         self.n_train = file.n_rows - int(round(file.n_rows * holdout_fraction))
         if self.n_train < 1:
-            from sae.errors import UsageError
+            from sae.run.errors import UsageError
 
             raise UsageError(f"{file.path}: no training rows left after the holdout split")
         self.holdout = slice(self.n_train, file.n_rows)

@@ -12,10 +12,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sae.errors import UsageError
-from sae.files import write_json
 from sae.metrics import ReconstructionStats, evaluate_dictionary
 from sae.model import SparseAutoencoder
+from sae.run.errors import UsageError
+from sae.run.files import write_json
 
 EVAL_FILE = "eval_stats.json"
 

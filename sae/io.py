@@ -11,9 +11,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sae.errors import UsageError
-from sae.files import atomic_path, write_json
 from sae.model import SparseAutoencoder
+from sae.run.errors import UsageError
+from sae.run.files import atomic_path, write_json
 
 WEIGHTS_FILE = "sae_weights.safetensors"
 CFG_FILE = "cfg.json"

@@ -1,4 +1,5 @@
-"""A thin ``LightningModule`` that trains a batch of SAEs on a shared stream of activations."""
+"""A thin ``LightningModule`` that trains a batch of SAEs on a shared stream of activations.
+The loop itself (many optimizer steps per Lightning call) is ``StepEngine``'s."""
 
 from __future__ import annotations
 
@@ -8,19 +9,19 @@ import torch
 from torch import Tensor
 
 from sae.config import SAERunConfig
-from sae.config_io import config_to_dict, from_dict
 from sae.data import ActivationSource
 from sae.geometric_median import geometric_median
-from sae.lightning_base import LeanModule
-from sae.metrics_log import log_scalars
 from sae.model import SparseAutoencoder
 from sae.optim import InstanceAdam
 from sae.resampling import resample_dead_latents
-from sae.schedules import lr_lambda, warmup_factor
-from sae.seeding import rank_blocks, shard_seed
+from sae.run.config_io import config_to_dict, from_dict
+from sae.run.engine import StepEngine
+from sae.run.metrics_log import log_scalars
+from sae.run.schedules import lr_lambda, warmup_factor
+from sae.run.seeding import rank_blocks, shard_seed
 
 
-class SAEModule(LeanModule):
+class SAEModule(StepEngine):
     l1_coefficient: Tensor
     input_scale: Tensor
     initialized: Tensor
@@ -35,9 +36,15 @@ class SAEModule(LeanModule):
         d_in: int,
         source: ActivationSource | None = None,
     ) -> None:
-        super().__init__()
         if isinstance(config, dict):
             config = from_dict(SAERunConfig, config)
+        t, r = config.train, config.resample
+        resample_every = r.every if r.method != "none" else 0
+        super().__init__(
+            t.steps,
+            (t.log_every, t.checkpoint_every, resample_every),
+            config.runtime.steps_per_call,
+        )
         self.config = config
         self.save_hyperparameters({"config": config_to_dict(config), "d_in": d_in})
         l1, lr, seeds = config.sweep.expanded()
@@ -87,8 +94,7 @@ class SAEModule(LeanModule):
             self.initialize_from_data()
 
     # -- training -----------------------------------------------------------------------
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        step = self.global_step
+    def train_step(self, step: int) -> Tensor:
         x = self.draw_batch(step)
         out = self.sae(x)
         l1 = self.l1_coefficient * warmup_factor(step, self.config.train.l1_warmup_steps)
@@ -105,17 +111,19 @@ class SAEModule(LeanModule):
         self.log_samples += x.shape[0]
         # Log after every log_every-th step (steps 9, 19, ... for 10), stamped with this step.
         if (step + 1) % self.config.train.log_every == 0:
-            self._log_metrics(x, out, per_instance, l1)
+            self._log_metrics(step, x, out, per_instance, l1)
         return per_instance.sum()
 
-    def on_before_optimizer_step(self, optimizer: Any) -> None:
+    def before_update(self, step: int) -> None:
         if self.config.sae.recipe == "constrained":
             self.sae.remove_parallel_decoder_grad()
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def after_update(self, step: int) -> None:
         if self.config.sae.recipe == "constrained":
             self.sae.normalize_decoder()
-        r, done = self.config.resample, self.global_step
+
+    def after_chunk(self, done: int) -> None:
+        r = self.config.resample
         if (
             r.method != "none"
             and done % r.every == 0
@@ -137,8 +145,7 @@ class SAEModule(LeanModule):
             torch.Generator().manual_seed(shard_seed(seed, step, 99))
             for seed in c.sweep.expanded()[2]
         ]
-        optimizer = self.optimizers()
-        optimizer = getattr(optimizer, "optimizer", optimizer)
+        optimizer = self.optimizers().optimizer
         n = resample_dead_latents(
             self.sae,
             optimizer,
@@ -152,7 +159,9 @@ class SAEModule(LeanModule):
         self.resampled_total += n.to(self.resampled_total)
         return n
 
-    def _log_metrics(self, x: Tensor, out: Any, per_instance: Tensor, l1: Tensor) -> None:
+    def _log_metrics(
+        self, step: int, x: Tensor, out: Any, per_instance: Tensor, l1: Tensor
+    ) -> None:
         counts = self.trainer.strategy.reduce(self.log_fired.clone(), reduce_op="sum")
         samples = self.trainer.strategy.reduce(self.log_samples.clone(), reduce_op="sum")
         resid = (out.x_hat - x).square().sum(dim=(1, 2))
@@ -174,7 +183,7 @@ class SAEModule(LeanModule):
                 f"lr/instance_{k}": lr_now[k],
                 f"resampled/instance_{k}": self.resampled_total[k],
             }
-        log_scalars(self, metrics)
+        log_scalars(self, metrics, step)
         self.firing_frequency = (counts / samples.clamp_min(1)).cpu()
         self.log_fired.zero_()
         self.log_samples.zero_()

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # headless: never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from sae.files import save_figure  # noqa: E402
+from sae.run.files import save_figure  # noqa: E402
 
 
 def matched_latent_order(matching: np.ndarray, n_latents: int) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sae.files import write_text
+from sae.run.files import write_text
 
 RANK_KEYS = ("represented/recovered_0.99", "represented/mcc", "explained_variance")
 COLUMNS = [

@@ -8,14 +8,14 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 
 from sae.config import SAERunConfig
-from sae.config_io import config_to_dict, config_to_yaml
 from sae.data import ActivationSource
-from sae.files import write_json, write_text
 from sae.io import save_sae
 from sae.lightning_module import SAEModule
-from sae.metrics_log import MetricsFile
-from sae.runtime import apply_threads, finish_wandb, make_trainer, make_wandb_logger, wandb_run_info
-from sae.training_guards import run_fit
+from sae.run.config_io import config_to_dict, config_to_yaml
+from sae.run.files import write_json
+from sae.run.fit import fit
+from sae.run.metrics_log import MetricsFile
+from sae.run.runtime import finish_wandb, wandb_run_info
 
 
 def instance_dir(out_dir: Path, k: int) -> Path:
@@ -32,23 +32,20 @@ def train_saes(
     """Train every instance of the sweep; on rank 0 write ``config.yaml``, ``metrics.jsonl`` and
     ``sae_<k>/{sae_weights.safetensors,cfg.json}``. Returns the SAE folders (None off rank 0)."""
     out_dir = Path(out_dir)
-    apply_threads(config.runtime)
     module = SAEModule(config, source.d, source)
-    logger = make_wandb_logger(config.wandb, out_dir, config_to_dict(config))
-    t = config.train
-    trainer = make_trainer(
+    trainer, logger, is_global_zero = fit(
+        module,
         config.runtime,
-        t.steps,
+        config.wandb,
         out_dir,
-        logger,
+        resume,
+        config_yaml=config_to_yaml(config),
+        config_dict=config_to_dict(config),
+        log_every=config.train.log_every,
+        checkpoint_every=config.train.checkpoint_every,
         callbacks=[MetricsFile(out_dir), FiringHistogram()],
-        log_every=t.log_every,
-        checkpoint_every=t.checkpoint_every,
     )
-    if trainer.is_global_zero:
-        write_text(out_dir / "config.yaml", config_to_yaml(config))
-    run_fit(trainer, module, range(t.steps), out_dir, resume)
-    if not trainer.is_global_zero:
+    if not is_global_zero:
         return None
     folders = save_instances(module, config, out_dir, source_info or {})
     run_record = {
@@ -56,6 +53,7 @@ def train_saes(
         "source": source_info or {},
         "world_size": getattr(module, "world_size", 1),
         "ranks_identical": getattr(module, "ranks_identical", True),
+        "steps_per_call": module.steps_per_call or getattr(module, "chosen_steps_per_call", 1),
         "wandb": wandb_run_info(logger),
     }
     write_json(out_dir / "run.json", run_record)

@@ -16,8 +16,8 @@ from torch import Tensor
 
 from sae.activations import ActivationFile, write_activation_file
 from sae.config import SAERunConfig
-from sae.config_io import from_dict
 from sae.data import FileSource
+from sae.run.config_io import from_dict
 
 
 class Planted(NamedTuple):

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from cli.main import cli, run_cli
 from sae.activations import ActivationFile, write_activation_file
 from sae.data import FileSource
-from sae.files import atomic_path, write_json
+from sae.run.files import atomic_path, write_json
 
 REPO = Path(__file__).resolve().parents[1]
 QUIET = {"runtime": {"threads": 1, "progress_bar": False}, "wandb": {"enabled": False}}
@@ -591,7 +591,7 @@ def test_wandb_reachability_probes_the_configured_host_and_port(
 ) -> None:
     import socket
 
-    from sae.runtime import _wandb_reachable
+    from sae.run.runtime import _wandb_reachable
 
     with socket.create_server(("127.0.0.1", 0)) as server:
         port = server.getsockname()[1]

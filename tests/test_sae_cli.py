@@ -13,9 +13,9 @@ from wandb_log import history_and_config
 
 from cli.main import cli, run_cli
 from sae.config import SAERunConfig
-from sae.config_io import load_config
 from sae.io import load_sae
-from sae.metrics_log import read_metrics
+from sae.run.config_io import load_config
+from sae.run.metrics_log import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "configs" / "sae"

@@ -14,10 +14,10 @@ from cli.sources import build_source
 from sae.io import load_sae
 from sae.lightning_module import SAEModule
 from sae.metrics import evaluate_dictionary
-from sae.metrics_log import read_metrics
 from sae.model import SparseAutoencoder
 from sae.optim import InstanceAdam
 from sae.resampling import resample_dead_latents
+from sae.run.metrics_log import read_metrics
 from sae.train import train_saes
 from toymodels.export import ToyActivationSource
 

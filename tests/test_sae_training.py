@@ -12,9 +12,9 @@ from synthetic import file_source, sae_config, write_planted_file
 from sae.io import load_sae
 from sae.lightning_module import SAEModule
 from sae.metrics import evaluate_dictionary
-from sae.metrics_log import read_metrics
+from sae.run.guards import last_checkpoint
+from sae.run.metrics_log import read_metrics
 from sae.train import train_saes
-from sae.training_guards import last_checkpoint
 
 # Measured (2000 steps, batch 256, lr 3e-3, constrained, 128 latents, b_dec 0): the worst
 # feature's best cosine per λ: 0.03 -> 0.831, 0.1 -> 0.985, 0.3 -> 0.997, 1.0 -> 0.997,

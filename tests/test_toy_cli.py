@@ -19,8 +19,8 @@ from wandb_log import history_and_config
 
 from cli.main import cli, run_cli
 from sae.activations import ActivationFile
-from sae.config_io import load_config
-from sae.runtime import RUN_ID_ENV
+from sae.run.config_io import load_config
+from sae.run.runtime import RUN_ID_ENV
 from toymodels.config import ToyConfig
 from toymodels.lightning_module import ToyModelModule
 

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import torch
 
-from sae.config_io import load_config
+from sae.run.config_io import load_config
 from toymodels.config import ToyConfig
 from toymodels.io import load_toy_model
 from toymodels.train import train_toy

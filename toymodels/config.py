@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sae.runtime import RuntimeConfig, WandbConfig, check_data_shards
+from sae.run.runtime import RuntimeConfig, WandbConfig, check_data_shards
 
 ToyKind = Literal["linear", "relu_output", "relu_hidden", "abs"]
 

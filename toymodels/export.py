@@ -8,8 +8,8 @@ from typing import Any
 import torch
 
 from sae.activations import write_activation_file
-from sae.config_io import config_to_dict
-from sae.errors import UsageError
+from sae.run.config_io import config_to_dict
+from sae.run.errors import UsageError
 from toymodels.diagnostics import REPRESENTED_NORM
 from toymodels.io import load_toy_model
 from toymodels.models import select_instances

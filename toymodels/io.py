@@ -9,9 +9,9 @@ from typing import NamedTuple
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from sae.config_io import config_to_dict, from_dict
-from sae.errors import UsageError
-from sae.files import atomic_path
+from sae.run.config_io import config_to_dict, from_dict
+from sae.run.errors import UsageError
+from sae.run.files import atomic_path
 from toymodels.config import ToyConfig
 from toymodels.data import FeatureDistribution
 from toymodels.models import ToyModel, build_model

@@ -1,5 +1,6 @@
 """A thin ``LightningModule`` around a toy model: data drawn inside the step, loss summed over
-instances, AdamW with the configured schedule, metrics only on logging steps."""
+instances, AdamW with the configured schedule, metrics only on logging steps. The loop itself
+(many optimizer steps per Lightning call) is ``StepEngine``'s."""
 
 from __future__ import annotations
 
@@ -8,22 +9,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sae.config_io import config_to_dict, from_dict
-from sae.lightning_base import LeanModule
-from sae.metrics_log import log_scalars
-from sae.schedules import lr_lambda
-from sae.seeding import rank_blocks, shard_seed
+from sae.run.config_io import config_to_dict, from_dict
+from sae.run.engine import StepEngine
+from sae.run.metrics_log import log_scalars
+from sae.run.schedules import lr_lambda
+from sae.run.seeding import rank_blocks, shard_seed
 from toymodels.config import ToyConfig
 from toymodels.data import FeatureDistribution
 from toymodels.diagnostics import diagnose
 from toymodels.models import ToyModel, build_model, weighted_loss
 
 
-class ToyModelModule(LeanModule):
+class ToyModelModule(StepEngine):
     def __init__(self, config: ToyConfig | dict[str, Any]) -> None:
-        super().__init__()
         if isinstance(config, dict):
             config = from_dict(ToyConfig, config)
+        t = config.train
+        super().__init__(t.steps, (t.log_every, t.checkpoint_every), config.runtime.steps_per_call)
         self.config = config
         # Saved in checkpoints so a run resumes from the file alone.
         self.save_hyperparameters({"config": config_to_dict(config)})
@@ -55,22 +57,22 @@ class ToyModelModule(LeanModule):
         out = self.model(x).output
         return weighted_loss(out, self.model.target(x), self.distribution.importance)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        per_instance = self.per_instance_loss(self.draw_batch(self.global_step))
+    def train_step(self, step: int) -> Tensor:
+        per_instance = self.per_instance_loss(self.draw_batch(step))
         loss = per_instance.sum()
         # Log after every log_every-th step (steps 9, 19, ... for 10), stamped with this step.
-        if (self.global_step + 1) % self.config.train.log_every == 0:
-            self._log_metrics(loss, per_instance)
+        if (step + 1) % self.config.train.log_every == 0:
+            self._log_metrics(step, loss, per_instance)
         return loss
 
-    def _log_metrics(self, loss: Tensor, per_instance: Tensor) -> None:
+    def _log_metrics(self, step: int, loss: Tensor, per_instance: Tensor) -> None:
         diag = diagnose(self.model.feature_weights)
         metrics: dict[str, Tensor] = {"train/loss": loss.detach()}
         for k in range(per_instance.shape[0]):
             metrics[f"loss/instance_{k}"] = per_instance[k].detach()
             metrics[f"n_represented/instance_{k}"] = diag.n_represented[k].float()
             metrics[f"dims_per_feature/instance_{k}"] = diag.dims_per_feature[k]
-        log_scalars(self, metrics)
+        log_scalars(self, metrics, step)
 
     def configure_optimizers(self) -> Any:
         o = self.config.optim

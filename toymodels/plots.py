@@ -2,7 +2,7 @@
 
 Inputs are numpy arrays. A weight matrix ``W`` has shape [n_features, n_hidden]: row i is
 feature i's direction in the hidden space (the paper's column W_i; h = x @ W), and ``b`` is
-the output bias [n_features]. Every function saves a PNG through ``sae.files.save_figure``
+the output bias [n_features]. Every function saves a PNG through ``sae.run.files.save_figure``
 and returns the path it wrote.
 """
 
@@ -23,7 +23,7 @@ from matplotlib.colors import ListedColormap, Normalize  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from matplotlib.transforms import blended_transform_factory  # noqa: E402
 
-from sae.files import save_figure  # noqa: E402
+from sae.run.files import save_figure  # noqa: E402
 
 # (value, label) guide lines of the feature-dimensionality plot, from the paper's figure.
 DIMENSIONALITY_GUIDES: tuple[tuple[float, str], ...] = (

@@ -7,11 +7,11 @@ from typing import Any
 
 import torch
 
-from sae.config_io import config_to_dict, config_to_yaml
-from sae.files import write_json, write_text
-from sae.metrics_log import MetricsFile
-from sae.runtime import apply_threads, finish_wandb, make_trainer, make_wandb_logger
-from sae.training_guards import run_fit
+from sae.run.config_io import config_to_dict, config_to_yaml
+from sae.run.files import write_json
+from sae.run.fit import fit
+from sae.run.metrics_log import MetricsFile
+from sae.run.runtime import finish_wandb
 from toymodels.config import ToyConfig
 from toymodels.data import FeatureDistribution
 from toymodels.diagnostics import diagnose
@@ -30,22 +30,20 @@ def train_toy(
     Returns the metrics record on rank 0 and None on the other ranks.
     """
     out_dir = Path(out_dir)
-    apply_threads(config.runtime)
     module = ToyModelModule(config)
-    logger = make_wandb_logger(config.wandb, out_dir, config_to_dict(config))
-    trainer = make_trainer(
+    trainer, logger, is_global_zero = fit(
+        module,
         config.runtime,
-        config.train.steps,
+        config.wandb,
         out_dir,
-        logger,
-        callbacks=[MetricsFile(out_dir)],
+        resume,
+        config_yaml=config_to_yaml(config),
+        config_dict=config_to_dict(config),
         log_every=config.train.log_every,
         checkpoint_every=config.train.checkpoint_every,
+        callbacks=[MetricsFile(out_dir)],
     )
-    if trainer.is_global_zero:
-        write_text(out_dir / "config.yaml", config_to_yaml(config))
-    run_fit(trainer, module, range(config.train.steps), out_dir, resume)
-    if not trainer.is_global_zero:
+    if not is_global_zero:
         return None
     module = module.cpu()
     result = _finish(module, config, out_dir, logger)

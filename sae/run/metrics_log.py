@@ -17,20 +17,22 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from sae.files import write_text
+from sae.run.files import write_text
 
 METRICS_LOG = "metrics.jsonl"
 
 
-def log_scalars(module: L.LightningModule, metrics: dict[str, Tensor]) -> dict[str, float]:
-    """Average ``metrics`` over ranks and send them to the logger at the current step; the
-    record is left on ``module.latest_scalars`` for ``MetricsFile``. Call on every rank."""
+def log_scalars(
+    module: L.LightningModule, metrics: dict[str, Tensor], step: int
+) -> dict[str, float]:
+    """Average ``metrics`` over ranks and send them to the logger stamped with optimizer step
+    ``step``; the record is left on ``module.latest_scalars`` for ``MetricsFile``. Call on
+    every rank."""
     values = torch.stack([v.detach().float().reshape(()) for v in metrics.values()])
     trainer = module.trainer
     if trainer.world_size > 1:
         values = trainer.strategy.reduce(values, reduce_op="mean")
     record = dict(zip(metrics, values.tolist()))
-    step = module.global_step
     if trainer.is_global_zero and trainer.logger is not None:
         trainer.logger.log_metrics(record, step=step)
     module.latest_scalars = {"step": step} | record

@@ -19,7 +19,7 @@ from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 
-from sae.errors import UsageError
+from sae.run.errors import UsageError
 
 T = TypeVar("T")
 

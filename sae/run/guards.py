@@ -1,5 +1,5 @@
 """What keeps a run from losing work: atomic checkpoints, a stop on NaN that keeps the last good
-checkpoint, a checkpoint on SIGINT/SIGTERM, and ``run_fit`` which resumes from it."""
+checkpoint, a checkpoint on SIGINT/SIGTERM, and the rank-agreement check."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from sae.errors import RunError, UsageError
-from sae.files import atomic_path
+from sae.run.errors import RunError, UsageError
+from sae.run.files import atomic_path
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.ckpt"
@@ -161,30 +161,3 @@ class RankAgreement(Callback):
 
 def last_checkpoint(out_dir: Path) -> Path:
     return Path(out_dir) / CHECKPOINT_DIR / LAST
-
-
-def run_fit(
-    trainer: L.Trainer, module: L.LightningModule, data: Any, out_dir: Path, resume: bool
-) -> None:
-    """``trainer.fit`` from ``last.ckpt`` when resuming; signals and failures become one-line
-    errors."""
-    ckpt = last_checkpoint(out_dir)
-    if resume and not ckpt.exists():
-        raise UsageError(f"nothing to resume in {out_dir}: no {CHECKPOINT_DIR}/{LAST}")
-    stopper = next((c for c in trainer.callbacks if isinstance(c, StopOnSignal)), None)
-    try:
-        trainer.fit(module, train_dataloaders=data, ckpt_path=str(ckpt) if resume else None)
-    except SIGTERMException:
-        raise Interrupted(_interrupted_message(trainer, out_dir)) from None
-    finally:
-        if stopper is not None:
-            stopper.restore()
-    if stopper is not None and stopper.received is not None:
-        raise Interrupted(_interrupted_message(trainer, out_dir))
-
-
-def _interrupted_message(trainer: L.Trainer, out_dir: Path) -> str:
-    return (
-        f"interrupted at step {trainer.global_step}; checkpoint saved, continue with "
-        f"--resume (output folder {out_dir})"
-    )

@@ -1,0 +1,145 @@
+"""The base of both training modules: each Lightning call runs a chunk of optimizer steps.
+
+Lightning's fixed cost per training step (hook dispatch, progress tracking: about 0.4 ms) is as
+large as a whole toy-model step, so ``StepEngine`` uses manual optimization and runs ``k``
+optimizer steps inside one ``training_step``. Chunks end on every event boundary (logging,
+checkpoints, resampling, the last step), so those happen exactly where they would with one step
+per call, and results do not depend on ``k`` (bit for bit). ``k`` comes from
+``runtime.steps_per_call``, or, when that is None, from the measured cost of a step: enough
+steps to fill about ``CALL_SECONDS`` of work per call.
+
+A subclass implements ``train_step(step) -> loss`` (draw the batch, forward, log on logging
+steps) and may hook ``before_update`` (gradients ready), ``after_update`` (weights updated) and
+``after_chunk`` (at a boundary: resampling).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+
+CALL_SECONDS = 0.05
+"""Work per Lightning call that automatic ``k`` aims for: Lightning's cost is then ~1%."""
+MAX_STEPS_PER_CALL = 10_000
+CALIBRATION_STEPS = 8
+
+
+class StepEngine(L.LightningModule):
+    automatic_optimization = False
+
+    def __init__(
+        self, total_steps: int, event_periods: Sequence[int], steps_per_call: int | None
+    ) -> None:
+        super().__init__()
+        self.total_steps = total_steps
+        self.event_periods = tuple(p for p in event_periods if p > 0)
+        self.steps_per_call = steps_per_call
+        self._calls = 0
+
+    # -- what a subclass provides --------------------------------------------------------
+    def train_step(self, step: int) -> Tensor:
+        """The scalar loss of optimizer step ``step`` (0-based), before its backward pass."""
+        raise NotImplementedError
+
+    def before_update(self, step: int) -> None:
+        """Gradients of ``step`` are ready (summed over ranks); the optimizer has not run."""
+
+    def after_update(self, step: int) -> None:
+        """The optimizer and the schedule have taken ``step``."""
+
+    def after_chunk(self, done: int) -> None:
+        """``done`` steps are finished and ``done`` is an event boundary."""
+
+    # -- the loop ------------------------------------------------------------------------
+    def chunk_length(self, start: int, k: int) -> int:
+        """Steps of the call that starts at ``start``: at most ``k``, ending no later than the
+        next event boundary (a multiple of an event period, or the last step)."""
+        end = min(self.total_steps, start + max(1, k))
+        for p in self.event_periods:
+            end = min(end, (start // p + 1) * p)
+        return max(1, end - start)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        start = self.global_step
+        timed = self.steps_per_call is None and self._calls == 1
+        k = self.chunk_length(start, self._target_steps())
+        optimizer = self.optimizers().optimizer
+        schedule = self.lr_schedulers()
+        t0 = self._clock() if timed else 0.0
+        for step in range(start, start + k):
+            loss = self.train_step(step)
+            loss.backward()
+            self._sync_gradients(optimizer)
+            self.before_update(step)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if schedule is not None:
+                schedule.step()
+            self.after_update(step)
+        if timed:
+            per_step = (self._clock() - t0) / k
+            chosen = int(min(MAX_STEPS_PER_CALL, max(1, round(CALL_SECONDS / max(per_step, 1e-9)))))
+            # Every rank must run the same chunks (they meet in the same collectives).
+            self.chosen_steps_per_call = int(self.trainer.strategy.broadcast(chosen, src=0))
+        self._calls += 1
+        _advance_global_step(self.trainer, k)
+        if (start + k) == self.total_steps or any((start + k) % p == 0 for p in self.event_periods):
+            self.after_chunk(start + k)
+        return loss.detach()
+
+    def _target_steps(self) -> int:
+        if self.steps_per_call is not None:
+            return self.steps_per_call
+        if self._calls == 0:  # warm-up: allocations, optimizer state, kernels
+            return 1
+        if self._calls == 1:
+            return CALIBRATION_STEPS
+        return self.chosen_steps_per_call
+
+    def _clock(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
+
+    def _sync_gradients(self, optimizer: torch.optim.Optimizer) -> None:
+        """Average the gradients over ranks: one all-reduce of all gradients together.
+
+        DDP's own reducer expects one backward per forward of its wrapper; this loop runs many,
+        so ``fit`` switches the reducer off and the engine reduces here instead."""
+        if self.trainer.world_size == 1:
+            return
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        flat = self.trainer.strategy.reduce(flat, reduce_op="mean")
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+
+    def on_train_start(self) -> None:
+        wrapper = self.trainer.strategy.model
+        if isinstance(wrapper, torch.nn.parallel.DistributedDataParallel):
+            wrapper.require_backward_grad_sync = False  # see _sync_gradients
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets _current_fx_name around every hook call; it is a plain attribute, so
+        # skip nn.Module's parameter/buffer/module bookkeeping.
+        if name == "_current_fx_name":
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
+
+
+def _advance_global_step(trainer: L.Trainer, steps: int) -> None:
+    """Count ``steps`` optimizer steps in Lightning's progress (what ``trainer.global_step``,
+    ``max_steps``, checkpoints and resuming read).
+
+    The engine steps the raw optimizer, bypassing LightningOptimizer's per-step hooks (the cost
+    this engine removes), so it advances the manual-optimization counter itself. Lightning has
+    no public way to do this; tests/test_engine.py fails if the counter moves."""
+    trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_by(steps)
