@@ -18,7 +18,11 @@ def build_source(config: SAERunConfig) -> tuple[ActivationSource, dict[str, Any]
     if data.activations is not None:
         file = ActivationFile(data.activations)
         source = FileSource(
-            file, data.holdout_fraction, config.train.data_seed, config.train.batch_size
+            file,
+            data.holdout_fraction,
+            config.train.data_seed,
+            config.train.batch_size,
+            data.resident_budget_gb,
         )
         return source, {
             "activations": str(Path(data.activations)),

@@ -158,6 +158,10 @@ class SAEDataConfig:
     """Final fraction of the file's rows kept for evaluation; training never sees them."""
     init_samples: int = 8192
     """Rows used for b_dec initialisation and the input-scale estimate."""
+    resident_budget_gb: float | None = None
+    """An activation file whose training rows fit in this many GiB is copied to the training
+    device once; a larger one is streamed from disk by a prefetching thread. None: half of the
+    device's free memory. The batches are the same either way."""
 
     def validate(self) -> None:
         if not 0.0 <= self.holdout_fraction < 1.0:
@@ -166,6 +170,8 @@ class SAEDataConfig:
             )
         if self.init_samples < 1:
             raise ValueError("data.init_samples must be >= 1")
+        if self.resident_budget_gb is not None and self.resident_budget_gb < 0:
+            raise ValueError("data.resident_budget_gb must be >= 0")
 
 
 @dataclass

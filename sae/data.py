@@ -7,6 +7,9 @@ global batch without talking to each other, and a resumed run sees the batches i
 
 from __future__ import annotations
 
+import os
+import queue
+import threading
 from collections.abc import Callable
 from typing import Protocol
 
@@ -23,17 +26,44 @@ class ActivationSource(Protocol):
 
     def block(self, step: int, shard: int, size: int, device: torch.device) -> Tensor: ...
 
+    def prepare(
+        self, device: torch.device, shards: range, size: int, first_step: int, end_step: int
+    ) -> None:
+        """Called once before training draws blocks ``shards`` of steps from ``first_step``."""
+        ...
+
+    def close(self) -> None:
+        """Release what ``prepare`` set up."""
+        ...
+
     def sample(self, n: int, seed: int, device: torch.device) -> Tensor:
         """n rows from a stream keyed by ``seed`` alone (identical on every rank)."""
         ...
 
 
 class FileSource:
-    """Rows of an activation file, memory-mapped. The last ``holdout_fraction`` of the rows is
-    held out; training walks seeded permutations of the rest, one epoch after another."""
+    """Rows of an activation file. The last ``holdout_fraction`` of the rows is held out;
+    training walks seeded permutations of the rest, one epoch after another.
+
+    ``prepare`` (called once training knows its device and first step) chooses how rows reach
+    the device, without changing which rows a step gets:
+
+    - resident: the training rows fit ``resident_budget_gb`` (None: half the device's free
+      memory), so they are copied to the device once and each block is one ``index_select``
+      there, with the epoch's permutation on the device too;
+    - streamed: a background thread gathers upcoming blocks from the memory map (into pinned
+      memory for a GPU) while the device trains, ``PREFETCH_DEPTH`` steps ahead.
+    """
+
+    PREFETCH_DEPTH = 4
 
     def __init__(
-        self, file: ActivationFile, holdout_fraction: float, seed: int, batch_size: int
+        self,
+        file: ActivationFile,
+        holdout_fraction: float,
+        seed: int,
+        batch_size: int,
+        resident_budget_gb: float | None = None,
     ) -> None:
         self.file = file
         self.d = file.d
@@ -44,33 +74,156 @@ class FileSource:
             raise UsageError(f"{file.path}: no training rows left after the holdout split")
         self.holdout = slice(self.n_train, file.n_rows)
         self.seed, self.batch_size = seed, batch_size
-        self._epoch, self._perm = -1, np.empty(0, dtype=np.int64)
+        self.resident_budget_gb = resident_budget_gb
+        # (epoch, permutation) in one attribute: the prefetch thread and the caller share it.
+        self._cached: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
+        self._resident: Tensor | None = None
+        self._device_perm: tuple[int, Tensor] | None = None
+        self._stream: _Prefetcher | None = None
+
+    @property
+    def mode(self) -> str:
+        """'resident', 'streamed' (after ``prepare``) or 'mapped' (read on demand)."""
+        return (
+            "resident" if self._resident is not None else "streamed" if self._stream else "mapped"
+        )
+
+    def prepare(
+        self, device: torch.device, shards: range, size: int, first_step: int, end_step: int
+    ) -> None:
+        """Get ready to serve blocks ``shards`` (``size`` rows each) of steps ``first_step`` to
+        ``end_step - 1`` on ``device``."""
+        self.close()
+        if self.n_train * self.d * 4 <= _budget_bytes(device, self.resident_budget_gb):
+            self._resident = self.file.rows(slice(0, self.n_train)).to(device)
+        else:
+            self._stream = _Prefetcher(self, device, shards, size, first_step, end_step)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+        self._stream, self._resident, self._device_perm = None, None, None
 
     def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch != self._epoch:
+        cached_epoch, perm = self._cached
+        if cached_epoch != epoch:
             rng = np.random.default_rng(shard_seed(self.seed, epoch, 0x5EED))
-            self._perm, self._epoch = rng.permutation(self.n_train), epoch
-        return self._perm
+            perm = rng.permutation(self.n_train)
+            self._cached = (epoch, perm)
+        return perm
+
+    def _segments(self, step: int, shard: int, size: int) -> list[tuple[int, int, int]]:
+        """(epoch, first offset, end offset) pieces of the block's positions in epoch order."""
+        start = step * self.batch_size + shard * size
+        pieces, position, end = [], start, start + size
+        while position < end:
+            epoch, offset = divmod(position, self.n_train)
+            n = min(end - position, self.n_train - offset)
+            pieces.append((epoch, offset, offset + n))
+            position += n
+        return pieces
 
     def block(self, step: int, shard: int, size: int, device: torch.device) -> Tensor:
-        start = step * self.batch_size + shard * size
-        positions = np.arange(start, start + size)
-        epochs, offsets = np.divmod(positions, self.n_train)
-        index = np.empty(size, dtype=np.int64)
-        for epoch in np.unique(epochs):
-            sel = epochs == epoch
-            index[sel] = self._permutation(int(epoch))[offsets[sel]]
+        if self._resident is not None:
+            return self._resident_block(step, shard, size)
+        if self._stream is not None:
+            rows = self._stream.take(step, shard, size)
+            if rows is not None:
+                return rows.to(device, non_blocking=True)
+        return self.gather(step, shard, size).to(device, non_blocking=True)
+
+    def _resident_block(self, step: int, shard: int, size: int) -> Tensor:
+        assert self._resident is not None
+        parts = []
+        for epoch, a, b in self._segments(step, shard, size):
+            if self._device_perm is None or self._device_perm[0] != epoch:
+                perm = torch.from_numpy(self._permutation(epoch))
+                self._device_perm = (epoch, perm.to(self._resident.device))
+            parts.append(self._device_perm[1][a:b])
+        index = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return self._resident.index_select(0, index)
+
+    def gather(self, step: int, shard: int, size: int, pin: bool = False) -> Tensor:
+        """The block read from the memory map, on the CPU (in pinned memory with ``pin``)."""
+        index = np.concatenate(
+            [self._permutation(e)[a:b] for e, a, b in self._segments(step, shard, size)]
+        )
         order = np.argsort(index)  # read the map in file order, then restore the batch order
         rows = self.file.rows(index[order])
         inverse = np.empty_like(order)  # argsort(order) in O(n); index_select beats rows[...]
         inverse[order] = np.arange(size)
-        rows = torch.index_select(rows, 0, torch.from_numpy(inverse))
-        return rows.to(device, non_blocking=True)
+        out = torch.empty((size, self.d), dtype=rows.dtype, pin_memory=pin)
+        return torch.index_select(rows, 0, torch.from_numpy(inverse), out=out)
 
     def sample(self, n: int, seed: int, device: torch.device) -> Tensor:
         rng = np.random.default_rng(shard_seed(seed, 0, 0xC0FFEE))
         index = np.sort(rng.choice(self.n_train, size=min(n, self.n_train), replace=False))
         return self.file.rows(index).to(device)
+
+
+def _budget_bytes(device: torch.device, budget_gb: float | None) -> float:
+    if budget_gb is not None:
+        return budget_gb * 2**30
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free / 2
+    try:
+        pages = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0.0
+    return pages / 2
+
+
+class _Prefetcher:
+    """Gathers the blocks of the coming steps on a background thread, in step order."""
+
+    def __init__(
+        self,
+        source: FileSource,
+        device: torch.device,
+        shards: range,
+        size: int,
+        first_step: int,
+        end_step: int,
+    ) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize=source.PREFETCH_DEPTH * len(shards))
+        self._stop = threading.Event()
+        pin = device.type == "cuda"
+        keys = ((step, shard) for step in range(first_step, end_step) for shard in shards)
+
+        def work() -> None:
+            for step, shard in keys:
+                item = ((step, shard, size), source.gather(step, shard, size, pin))
+                while not self._stop.is_set():
+                    try:
+                        self.queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+
+        self._thread = threading.Thread(target=work, name="sae-prefetch", daemon=True)
+        self._thread.start()
+
+    def take(self, step: int, shard: int, size: int) -> Tensor | None:
+        """The block of (step, shard), or None when the stream is not at it (then the caller
+        reads it directly)."""
+        while True:
+            try:
+                key, rows = self.queue.get(timeout=1.0)
+            except queue.Empty:
+                if not self._thread.is_alive():
+                    return None
+                continue
+            if key == (step, shard, size):
+                return rows
+            if key[:2] > (step, shard):  # asked for something already passed: read directly
+                return None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
 
 
 class GeneratedSource:
@@ -96,6 +249,14 @@ class GeneratedSource:
             self._generator, self._device = torch.Generator(device=device), device
         assert self._generator is not None
         return self._generator.manual_seed(seed)
+
+    def prepare(
+        self, device: torch.device, shards: range, size: int, first_step: int, end_step: int
+    ) -> None:
+        """Nothing to do: blocks are drawn on the device when asked for."""
+
+    def close(self) -> None:
+        """Nothing to release."""
 
     def block(self, step: int, shard: int, size: int, device: torch.device) -> Tensor:
         return self.draw(size, self._gen(device, shard_seed(self.seed, step, shard)))

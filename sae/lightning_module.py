@@ -93,6 +93,14 @@ class SAEModule(StepEngine):
         if not bool(self.initialized):
             self.initialize_from_data()
 
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        t = self.config.train
+        shards, size = rank_blocks(
+            t.data_shards, t.batch_size, self.trainer.world_size, self.global_rank
+        )
+        self.source.prepare(self.device, shards, size, self.global_step, t.steps)
+
     # -- training -----------------------------------------------------------------------
     def train_step(self, step: int) -> Tensor:
         x = self.draw_batch(step)

@@ -33,18 +33,21 @@ def train_saes(
     ``sae_<k>/{sae_weights.safetensors,cfg.json}``. Returns the SAE folders (None off rank 0)."""
     out_dir = Path(out_dir)
     module = SAEModule(config, source.d, source)
-    trainer, logger, is_global_zero = fit(
-        module,
-        config.runtime,
-        config.wandb,
-        out_dir,
-        resume,
-        config_yaml=config_to_yaml(config),
-        config_dict=config_to_dict(config),
-        log_every=config.train.log_every,
-        checkpoint_every=config.train.checkpoint_every,
-        callbacks=[MetricsFile(out_dir), FiringHistogram()],
-    )
+    try:
+        trainer, logger, is_global_zero = fit(
+            module,
+            config.runtime,
+            config.wandb,
+            out_dir,
+            resume,
+            config_yaml=config_to_yaml(config),
+            config_dict=config_to_dict(config),
+            log_every=config.train.log_every,
+            checkpoint_every=config.train.checkpoint_every,
+            callbacks=[MetricsFile(out_dir), FiringHistogram()],
+        )
+    finally:
+        source.close()  # stops a prefetching thread, frees device-resident rows
     if not is_global_zero:
         return None
     folders = save_instances(module, config, out_dir, source_info or {})

@@ -78,4 +78,5 @@ def file_source(path: str | Path, config: SAERunConfig) -> FileSource:
         config.data.holdout_fraction,
         config.train.data_seed,
         config.train.batch_size,
+        config.data.resident_budget_gb,
     )

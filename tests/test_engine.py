@@ -1,0 +1,136 @@
+"""The training engine: many optimizer steps per Lightning call give exactly the results of one
+step per call (weights, optimizer state, logged metrics, checkpoints), for both trainings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from synthetic import file_source, sae_config, write_planted_file
+
+from sae.run.config_io import from_dict
+from sae.run.engine import StepEngine
+from sae.run.guards import last_checkpoint
+from sae.run.metrics_log import read_metrics
+from sae.train import train_saes
+from toymodels.config import ToyConfig
+from toymodels.train import train_toy
+
+
+def _checkpoint(out: Path) -> dict:
+    return torch.load(last_checkpoint(out), map_location="cpu", weights_only=False)
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    """Bit-identical weights, buffers, optimizer state, schedule and metrics.jsonl."""
+    ca, cb = _checkpoint(a), _checkpoint(b)
+    assert ca["global_step"] == cb["global_step"]
+    assert ca["state_dict"].keys() == cb["state_dict"].keys()
+    for name, value in ca["state_dict"].items():
+        assert torch.equal(value, cb["state_dict"][name]), name
+    for sa, sb in zip(
+        ca["optimizer_states"][0]["state"].values(), cb["optimizer_states"][0]["state"].values()
+    ):
+        for key, value in sa.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(value, sb[key]), key
+            else:
+                assert value == sb[key], key
+    assert ca["lr_schedulers"] == cb["lr_schedulers"]
+    assert read_metrics(a) == read_metrics(b)
+    assert sorted(p.name for p in (a / "checkpoints").iterdir()) == sorted(
+        p.name for p in (b / "checkpoints").iterdir()
+    )
+
+
+def _toy(out: Path, steps_per_call: int | None) -> dict:
+    config = from_dict(
+        ToyConfig,
+        {
+            "model": {"kind": "relu_output", "n_features": 6, "n_hidden": 2},
+            "data": {"feature_probability": [1.0, 0.1], "importance_decay": 0.8},
+            "optim": {"schedule": "cosine", "warmup_steps": 7},
+            "train": {
+                "steps": 95,
+                "batch_size": 64,
+                "log_every": 10,
+                "checkpoint_every": 30,
+                "eval_samples": 512,
+            },
+            "runtime": {"threads": 1, "progress_bar": False, "steps_per_call": steps_per_call},
+            "wandb": {"enabled": False},
+        },
+    )
+    metrics = train_toy(config, out)
+    assert metrics is not None
+    return metrics
+
+
+@pytest.mark.parametrize("steps_per_call", [7, 1000, None])
+def test_toy_steps_per_call_equal_one_step_per_call(tmp_path: Path, steps_per_call) -> None:
+    one = _toy(tmp_path / "one", 1)
+    many = _toy(tmp_path / "many", steps_per_call)
+    _assert_same_run(tmp_path / "one", tmp_path / "many")
+    assert one == many
+    # Logging steps (9, 19, ...) and checkpoints (every 30: the last at 90) where they belong.
+    assert [r["step"] for r in read_metrics(tmp_path / "many")] == list(range(9, 95, 10))
+    assert _checkpoint(tmp_path / "many")["global_step"] == 90
+
+
+def _sae(tmp_path: Path, out: str, recipe: str, steps_per_call: int | None) -> Path:
+    path = tmp_path / "planted.safetensors"
+    if not path.exists():
+        write_planted_file(path, n_features=16, d=8, n_rows=4096, p=0.1, seed=1)
+    config = sae_config(
+        sae={"d_sae": 24, "recipe": recipe, "b_dec_init": "mean"},
+        sweep={"l1_coefficient": [0.1, 10.0], "lr": [3e-3, 1e-2], "seed": [0, 1]},
+        train={
+            "steps": 230,
+            "batch_size": 128,
+            "log_every": 25,
+            "checkpoint_every": 100,
+            "lr_warmup_steps": 11,
+            "l1_warmup_steps": 17,
+            "lr_schedule": "linear",
+            "lr_decay_steps": 50,
+        },
+        resample={"method": "anthropic", "every": 60, "window": 20, "samples": 256},
+        runtime={"steps_per_call": steps_per_call},
+    )
+    folders = train_saes(config, file_source(path, config), tmp_path / out)
+    assert folders is not None
+    return tmp_path / out
+
+
+@pytest.mark.parametrize("recipe", ["constrained", "april2024"])
+def test_sae_steps_per_call_equal_one_step_per_call(tmp_path: Path, recipe: str) -> None:
+    one = _sae(tmp_path, "one", recipe, 1)
+    many = _sae(tmp_path, "many", recipe, 13)
+    _assert_same_run(one, many)
+    state = _checkpoint(many)["state_dict"]
+    assert float(state["resampled_total"].sum()) > 0  # resampling ran, on chunk boundaries
+    for k in range(2):
+        for name in ("sae_weights.safetensors", "cfg.json"):
+            assert (one / f"sae_{k}" / name).read_bytes() == (many / f"sae_{k}" / name).read_bytes()
+
+
+class _Null(StepEngine):
+    def __init__(self, steps: int, periods: tuple[int, ...]) -> None:
+        super().__init__(steps, periods, None)
+
+
+def test_chunks_end_on_every_event_boundary() -> None:
+    engine = _Null(95, (10, 30, 0))
+    assert engine.chunk_length(0, 1000) == 10
+    assert engine.chunk_length(27, 1000) == 3
+    assert engine.chunk_length(27, 2) == 2
+    assert engine.chunk_length(90, 1000) == 5  # the last step ends the run
+    starts, step = [], 0
+    while step < 95:
+        starts.append(step)
+        step += engine.chunk_length(step, 7)
+    assert step == 95
+    assert all(s % 10 + 7 >= 7 for s in starts)
+    ends = {s + engine.chunk_length(s, 7) for s in starts}
+    assert {10, 20, 30, 40, 50, 60, 70, 80, 90, 95} <= ends
