@@ -72,7 +72,7 @@ class SAEModule(StepEngine):
         )
         parts = [self.source.block(step, s, size, self.device) for s in shards]
         x = parts[0] if len(parts) == 1 else torch.cat(parts)
-        return x * self.input_scale
+        return x.to(self.sae.W_enc.dtype) * self.input_scale
 
     @torch.no_grad()
     def initialize_from_data(self) -> None:
@@ -158,7 +158,7 @@ class SAEModule(StepEngine):
             self.sae,
             optimizer,
             dead,
-            inputs.float() * self.input_scale,
+            inputs.to(self.sae.W_enc.dtype) * self.input_scale,
             r.method,
             generator,
             r.encoder_scale,

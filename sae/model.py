@@ -104,9 +104,10 @@ class SparseAutoencoder(nn.Module):
         """Instance k in SAELens layout, with an input scale c folded back in: trained on c·x,
         the returned weights act on x and give the same codes."""
         c = input_scale
+        # float32 on disk whatever the training precision (what SAELens and `sae eval` read).
         return {
-            "W_enc": (self.W_enc[k] * c).contiguous().clone(),
-            "W_dec": (self.decoder[k] / c).contiguous().clone(),
-            "b_enc": self.b_enc[k].clone(),
-            "b_dec": (self.b_dec[k] / c).clone(),
+            "W_enc": (self.W_enc[k] * c).float().contiguous().clone(),
+            "W_dec": (self.decoder[k] / c).float().contiguous().clone(),
+            "b_enc": self.b_enc[k].float().clone(),
+            "b_dec": (self.b_dec[k] / c).float().clone(),
         }

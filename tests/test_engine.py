@@ -134,3 +134,25 @@ def test_chunks_end_on_every_event_boundary() -> None:
     assert all(s % 10 + 7 >= 7 for s in starts)
     ends = {s + engine.chunk_length(s, 7) for s in starts}
     assert {10, 20, 30, 40, 50, 60, 70, 80, 90, 95} <= ends
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "64-true"])
+def test_precision_settings_train_and_save_float32(tmp_path: Path, precision: str) -> None:
+    path = tmp_path / "planted.safetensors"
+    write_planted_file(path, n_features=16, d=8, n_rows=2048, p=0.1, seed=1)
+    config = sae_config(
+        sae={"d_sae": 16},
+        train={"steps": 40, "batch_size": 64, "log_every": 20},
+        resample={"method": "anthropic", "every": 20, "window": 10, "samples": 128},
+        runtime={"precision": precision},
+    )
+    assert config.runtime.accelerator == "auto"  # the default: a GPU when there is one
+    (folder,) = train_saes(config, file_source(path, config), tmp_path / "run")
+    from safetensors.torch import load_file
+
+    weights = load_file(folder / "sae_weights.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    assert all(bool(torch.isfinite(t).all()) for t in weights.values())
+    assert all(
+        torch.isfinite(torch.tensor(r["loss/instance_0"])) for r in read_metrics(tmp_path / "run")
+    )

@@ -328,6 +328,18 @@ def test_weighted_loss_definition() -> None:
         assert float(loss[k]) == pytest.approx(float(manual), rel=1e-5)
 
 
+def test_weighted_loss_gradient_matches_autograd_of_its_formula() -> None:
+    g = torch.Generator().manual_seed(1)
+    out = torch.rand(9, 3, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(9, 3, 5, generator=g, dtype=torch.float64)
+    importance = torch.rand(3, 5, generator=g, dtype=torch.float64)
+    weights = torch.rand(3, generator=g, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((weighted_loss(out, target, importance) * weights).sum(), out)
+    formula = (importance * (out - target).square()).mean(dim=(0, 2))
+    (expected,) = torch.autograd.grad((formula * weights).sum(), out)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=0)
+
+
 # -- instances do not interact ---------------------------------------------------------------
 
 

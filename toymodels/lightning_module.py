@@ -87,7 +87,10 @@ class ToyModelModule(StepEngine):
         """Per-instance loss [instances] on fresh samples from a stream training never uses."""
         g = torch.Generator(device=self.device)
         total = torch.zeros(self.distribution.n_instances, device=self.device, dtype=torch.float64)
-        chunk = min(samples, 8192)
+        # Chunks of at most 8192 samples and 2^24 elements: memory stays bounded however many
+        # instances a sweep has.
+        per_sample = self.distribution.n_instances * self.distribution.n_features
+        chunk = max(1, min(samples, 8192, 2**24 // per_sample))
         done, i = 0, 0
         while done < samples:
             n = min(chunk, samples - done)

@@ -45,8 +45,9 @@ def train_toy(
     )
     if not is_global_zero:
         return None
-    module = module.cpu()
-    result = _finish(module, config, out_dir, logger)
+    # The final evaluation runs where training ran (Lightning hands the module back on the CPU).
+    losses = module.to(trainer.strategy.root_device).evaluate(config.train.eval_samples).cpu()
+    result = _finish(module.cpu(), losses, config, out_dir, logger)
     finish_wandb(logger)
     return result
 
@@ -59,9 +60,8 @@ def select_restarts(losses: torch.Tensor, restarts: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _finish(
-    module: ToyModelModule, config: ToyConfig, out_dir: Path, logger: Any
+    module: ToyModelModule, losses: torch.Tensor, config: ToyConfig, out_dir: Path, logger: Any
 ) -> dict[str, Any]:
-    losses = module.evaluate(config.train.eval_samples)
     keep = select_restarts(losses, config.train.restarts)
     m = config.model
     model = select_instances(module.model, keep)

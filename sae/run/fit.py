@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -117,6 +118,9 @@ def make_trainer(
     )
     if runtime.progress_bar:
         all_callbacks.append(StepProgressBar())
+    # The engine checkpoints after a chunk's optimizer steps, which is the state a resumed run
+    # needs; Lightning's note that manual optimization saves post-step weights does not apply.
+    warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
     try:
         return L.Trainer(
             accelerator=runtime.accelerator,
