@@ -38,7 +38,9 @@ class InstanceAdam(torch.optim.Optimizer):
         params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
         if not params:
             return loss
-        lr_vec = self.instance_lr.to(params[0].device)
+        if self.instance_lr.device != params[0].device:  # once: no host-to-device copy a step
+            self.instance_lr = self.instance_lr.to(params[0].device)
+        lr_vec = self.instance_lr
         if self.max_grad_norm is not None:
             sq = sum(p.grad.square().flatten(1).sum(1) for p in params)
             scale = (self.max_grad_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
@@ -76,7 +78,7 @@ class InstanceAdam(torch.optim.Optimizer):
 
     def state_dict(self):  # type: ignore[override]
         sd = super().state_dict()
-        sd["instance_lr"] = self.instance_lr.clone()
+        sd["instance_lr"] = self.instance_lr.cpu().clone()
         return sd
 
     def load_state_dict(self, state_dict):  # type: ignore[override]
