@@ -40,12 +40,24 @@ TOY_EVAL_SEED = 2**31 - 1  # the live stream seeds through shard_seed; this one 
     help="Fresh samples for runs trained live on a toy model.",
 )
 @click.option("--batch-size", type=int, default=8192, show_default=True)
+@click.option(
+    "--accelerator",
+    type=click.Choice(["auto", "cpu", "gpu", "cuda"], case_sensitive=False),
+    default="auto",
+    show_default=True,
+    help="Device to score on; auto is CUDA when available, else the CPU.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the scalars as JSON.")
 def eval_command(
-    run_dir: Path, activations: Path | None, samples: int, batch_size: int, as_json: bool
+    run_dir: Path,
+    activations: Path | None,
+    samples: int,
+    batch_size: int,
+    accelerator: str,
+    as_json: bool,
 ) -> None:
     """Score the SAEs in RUN_DIR; writes eval_stats.json and plots next to each SAE."""
-    results = evaluate_run(run_dir, activations, samples, batch_size)
+    results = evaluate_run(run_dir, activations, samples, batch_size, accelerator)
     if as_json:
         click.echo(json.dumps({name: r["scalars"] for name, r in results.items()}, indent=2))
     else:
@@ -58,15 +70,21 @@ def eval_command(
 
 
 def evaluate_run(
-    run_dir: Path, activations: Path | None = None, samples: int = 50_000, batch_size: int = 8192
+    run_dir: Path,
+    activations: Path | None = None,
+    samples: int = 50_000,
+    batch_size: int = 8192,
+    accelerator: str = "auto",
 ) -> dict[str, dict[str, Any]]:
-    """Evaluate each ``sae_<k>`` of a run; returns name -> {scalars, cfg, plots}."""
+    """Evaluate each ``sae_<k>`` of a run on ``accelerator`` (see ``sae.evaluate.ACCELERATORS``);
+    returns name -> {scalars, cfg, plots}."""
     from sae.config import SAERunConfig
-    from sae.evaluate import evaluate_sae, write_eval
+    from sae.evaluate import evaluate_sae, resolve_device, write_eval
     from sae.io import load_sae
     from sae.run.config_io import load_config
     from sae.run.runtime import reopen_wandb
 
+    device = resolve_device(accelerator)
     run_json = run_dir / "run.json"
     if not run_json.exists():
         raise UsageError(f"{run_dir} holds no finished SAE run (no run.json)")
@@ -88,6 +106,7 @@ def evaluate_run(
             truth["batches"](),
             truth["represented"],
             truth["names"],
+            device=device,
         )
         plots = write_eval(
             run_dir / name, result, title=f"{name}, l1={loaded.cfg['l1_coefficient']:g}"

@@ -48,6 +48,7 @@ def run_pipeline(
     """Run the stages in order, skipping those already complete (so --resume picks up where an
     interrupted run stopped). Returns the evaluation results on rank 0."""
     from cli.evaluate import evaluate_run
+    from sae.evaluate import scoring_accelerator
     from sae.report import best_sae, write_report
     from sae.train import train_saes
     from toymodels.export import export_activations
@@ -100,7 +101,7 @@ def run_pipeline(
         if folders is None:
             return None
     echo("[4/4] scoring against the ground truth")
-    results = evaluate_run(sae_dir)
+    results = evaluate_run(sae_dir, accelerator=scoring_accelerator(config.sae.runtime.accelerator))
     toy_metrics = _toy_summary(toy_dir, config.export.instance)
     write_report(
         out_dir / "report.md",

@@ -3,6 +3,7 @@ per-latent table, and plots. Everything lands in ``eval_stats.json`` next to the
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 from pathlib import Path
@@ -12,12 +13,44 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sae.metrics import ReconstructionStats, evaluate_dictionary
+from sae.metrics import ReconstructionStats, block_rows, evaluate_dictionary
 from sae.model import SparseAutoencoder
 from sae.run.errors import UsageError
 from sae.run.files import write_json
 
 EVAL_FILE = "eval_stats.json"
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
+"""``sae eval --accelerator`` choices: ``auto`` is CUDA when available, else the CPU."""
+HEATMAP_SIDE = 2048
+"""At most this many rows and columns in ``cosine_heatmap.png``'s data (block means above)."""
+
+
+def resolve_device(accelerator: str) -> torch.device:
+    """The torch device that scoring runs on for an ``ACCELERATORS`` name (UsageError if that
+    device is not here)."""
+    name = accelerator.lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            why = "torch was built without CUDA" if torch.version.cuda is None else "no GPU found"
+            raise UsageError(
+                f"accelerator {accelerator!r} is not available ({why}); "
+                "score with --accelerator cpu or auto"
+            )
+        return torch.device("cuda")
+    raise UsageError(
+        f"cannot score on accelerator {accelerator!r}: choose one of {', '.join(ACCELERATORS)}"
+    )
+
+
+def scoring_accelerator(runtime_accelerator: str) -> str:
+    """The scoring accelerator for a run trained with Lightning's ``runtime.accelerator``:
+    itself when scoring supports it, else the CPU (mps, tpu, ...: scoring needs float64)."""
+    name = runtime_accelerator.lower()
+    return name if name in ACCELERATORS else "cpu"
 
 
 @torch.no_grad()
@@ -28,33 +61,59 @@ def evaluate_sae(
     represented: Tensor | None = None,
     feature_names: list[str] | None = None,
     threshold: float = 0.5,
+    *,
+    device: torch.device | str | None = None,
+    chunk_size: int = 4096,
 ) -> dict[str, Any]:
     """Scores of instance 0 of ``sae``; ``batches`` yields (activations, true codes or None).
 
     Cosines compare unit-normalised ground truth with unit-normalised decoder rows, so free
     decoder norms (april2024) need no folding for them; the reconstruction statistics use the
     SAE as it is.
+
+    Everything runs on ``device`` (default: the SAE's), a copy of the SAE moved there if it
+    lives elsewhere: cosines in blocks of at most ``chunk_size`` features and each batch in
+    slices of at most ``chunk_size`` rows (both also capped at ``CHUNK_ELEMENTS`` numbers per
+    block), so memory stays bounded whatever the SAE and batch sizes.
     """
+    device = torch.device(device) if device is not None else sae.decoder.device
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if sae.decoder.device != device:
+        sae = copy.deepcopy(sae).to(device)
     decoder = sae.decoder[0].detach()
     if ground_truth.shape[1] != decoder.shape[1]:
         raise UsageError(
             f"ground truth has width {ground_truth.shape[1]} but the SAE reads "
             f"{decoder.shape[1]} dimensions"
         )
-    dictionary = evaluate_dictionary(ground_truth, decoder, represented, threshold=threshold)
+    dictionary = evaluate_dictionary(
+        ground_truth,
+        decoder,
+        represented,
+        threshold=threshold,
+        chunk_size=chunk_size,
+        device=device,
+        heatmap_side=HEATMAP_SIDE,
+    )
     stats = ReconstructionStats(dictionary.all.latent_best_feature, represented)
+    width = max(decoder.shape[0], ground_truth.shape[0], decoder.shape[1])
+    rows = block_rows(width, chunk_size)
     for x, codes in batches:
-        out = sae(x.float())
-        stats.update(x.float(), out.x_hat[0], out.codes[0], codes)
-    scalars = dictionary.to_dict() | stats.compute()
-    arrays = stats.arrays()
+        for start in range(0, x.shape[0], rows):
+            xb = x[start : start + rows].to(device).float()
+            true = None if codes is None else codes[start : start + rows].to(device)
+            out = sae(xb)
+            stats.update(xb, out.x_hat[0], out.codes[0], true)
+    stats_scalars, arrays = stats.results()
+    scalars = dictionary.to_dict() | stats_scalars
     n_features = ground_truth.shape[0]
     names = feature_names or [str(i) for i in range(n_features)]
     return {
         "scalars": {k: _json_number(v) for k, v in scalars.items()},
         "features": _feature_rows(dictionary, arrays, names, represented),
         "latents": _latent_rows(dictionary, arrays, names),
-        "cos": dictionary.cos,
+        "heatmap": dictionary.heatmap,
         "matching": dictionary.all.matching.feature_to_latent,
     }
 
@@ -66,13 +125,14 @@ def _feature_rows(
     latent_rate = arrays["latent_firing_rate"]
     feature_rate = arrays.get("feature_firing_rate")
     split = set(s.split_features.tolist())
+    rep = None if represented is None else np.asarray(represented.detach().cpu(), dtype=bool)
     rows = []
     for i, name in enumerate(names):
         best = int(s.feature_best_latent[i])
         rows.append(
             {
                 "feature": name,
-                "represented": bool(represented[i]) if represented is not None else None,
+                "represented": bool(rep[i]) if rep is not None else None,
                 "best_latent": best,
                 "best_cos": _json_number(float(s.feature_best_cos[i])),
                 "matched_latent": int(s.matching.feature_to_latent[i]),
@@ -120,13 +180,17 @@ def write_eval(folder: str | Path, result: dict[str, Any], title: str = "") -> d
 
     folder = Path(folder)
     write_json(folder / EVAL_FILE, {k: result[k] for k in ("scalars", "features", "latents")})
-    cos = result["cos"].numpy()
+    heat = result["heatmap"]
     best = np.array(
         [r["best_cos"] if r["best_cos"] is not None else np.nan for r in result["features"]]
     )
     return {
         "cosine_heatmap": plot_cosine_heatmap(
-            cos, result["matching"], folder / "cosine_heatmap.png", title
+            heat.values,
+            None,
+            folder / "cosine_heatmap.png",
+            title,
+            full_shape=(heat.n_features, heat.n_latents),
         ),
         "best_cosine_histogram": plot_best_cosine_histogram(
             best, folder / "best_cosine_hist.png", title

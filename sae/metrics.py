@@ -15,11 +15,19 @@ Two entry points:
   features and over the features the toy model represents.
 - :class:`ReconstructionStats`: streaming reconstruction / sparsity / detection statistics
   over held-out batches.
+
+Both run on whichever device their inputs are given (``evaluate_dictionary(device=...)``, the
+batches' device for the statistics). The cosine matrix is never built whole for scoring: one
+pass over blocks of at most ``chunk_size`` features (and at most ``CHUNK_ELEMENTS`` cosines)
+keeps only per-feature and per-latent reductions, the ``top_k`` edges of the sparse matching,
+and only where the dense Hungarian matching is used (at most ``DENSE_MATCHING_LIMIT`` pairs),
+the ``|cos|`` rows it needs. Results reach the host in one copy at the end; scipy's matchings
+then run on the CPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -32,6 +40,11 @@ MatchingMethod = Literal["auto", "dense", "sparse"]
 #: Above this many (feature, latent) pairs the dense Hungarian algorithm is too slow.
 DENSE_MATCHING_LIMIT = 4096 * 4096
 RECOVERY_THRESHOLDS = (0.9, 0.99)
+#: Most cosines (features x latents) or activations (rows x width) in one block: bounds the
+#: working memory of every pass (a float64 block of this size is 128 MiB).
+CHUNK_ELEMENTS = 2**24
+#: Most elements kept for the cosine heatmap (a float32 summary of this size is 128 MiB).
+HEATMAP_ELEMENTS = 2**25
 
 ArrayLike = Tensor | np.ndarray | Sequence
 
@@ -51,35 +64,56 @@ def _unit_rows(x: Tensor) -> Tensor:
     return x / torch.where(norms > 0, norms, torch.ones_like(norms))
 
 
+def block_rows(n_cols: int, chunk_size: int, budget: int | None = None) -> int:
+    """Rows per block: at most ``chunk_size``, and at most ``budget`` (default
+    ``CHUNK_ELEMENTS``) elements of ``n_cols``."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    budget = CHUNK_ELEMENTS if budget is None else budget
+    return max(1, min(chunk_size, budget // max(n_cols, 1)))
+
+
+class CosineBlocks:
+    """Row blocks of the float32 cosine matrix of ``ground_truth`` x ``decoder``, computed on
+    ``device`` (default: ``decoder``'s) from float64 unit rows, without the whole matrix."""
+
+    def __init__(
+        self, ground_truth: Tensor, decoder: Tensor, device: torch.device | str | None = None
+    ) -> None:
+        _check_2d("ground_truth", ground_truth)
+        _check_2d("decoder", decoder)
+        if ground_truth.shape[1] != decoder.shape[1]:
+            raise ValueError(
+                f"ground_truth has d={ground_truth.shape[1]} but decoder has d={decoder.shape[1]}"
+            )
+        self.device = torch.device(device) if device is not None else decoder.device
+        self.gt = _unit_rows(ground_truth.detach().to(self.device))
+        self.dec_t = _unit_rows(decoder.detach().to(self.device)).T
+        self.shape = (ground_truth.shape[0], decoder.shape[0])
+
+    def __call__(self, rows: Tensor | slice) -> Tensor:
+        gt = self.gt[rows] if isinstance(rows, slice) else self.gt.index_select(0, rows)
+        return (gt @ self.dec_t).to(torch.float32)
+
+
 def cosine_similarity_matrix(
-    ground_truth: Tensor, decoder: Tensor, chunk_size: int = 4096
+    ground_truth: Tensor,
+    decoder: Tensor,
+    chunk_size: int = 4096,
+    device: torch.device | str | None = None,
 ) -> Tensor:
     """Cosine of every feature with every latent: float32 ``[n_features, n_latents]``.
 
-    Built ``chunk_size`` features at a time so that only one float64 chunk exists beside
-    the float32 result (16k x 16k fits in ~1 GiB + one chunk). Lives on ``decoder``'s device.
+    The whole matrix (1 GiB at 16k x 16k), built ``chunk_size`` features at a time on
+    ``device`` (default: ``decoder``'s). Scoring never needs it whole; plots and tests do.
     """
-    _check_2d("ground_truth", ground_truth)
-    _check_2d("decoder", decoder)
-    if ground_truth.shape[1] != decoder.shape[1]:
-        raise ValueError(
-            f"ground_truth has d={ground_truth.shape[1]} but decoder has d={decoder.shape[1]}"
-        )
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    device = decoder.device
-    dec = _unit_rows(decoder)
-    out = torch.empty(ground_truth.shape[0], decoder.shape[0], dtype=torch.float32, device=device)
-    for start in range(0, ground_truth.shape[0], chunk_size):
-        gt = _unit_rows(ground_truth[start : start + chunk_size].to(device))
-        out[start : start + chunk_size] = gt @ dec.T
+    blocks = CosineBlocks(ground_truth, decoder, device)
+    n, m = blocks.shape
+    out = torch.empty(n, m, dtype=torch.float32, device=blocks.device)
+    step = block_rows(m, chunk_size)
+    for start in range(0, n, step):
+        out[start : start + step] = blocks(slice(start, start + step))
     return out
-
-
-def _row_blocks(cos: Tensor, ids: Tensor, chunk_size: int) -> Iterator[tuple[int, Tensor]]:
-    """Yield ``(offset, cos[ids[offset:offset+chunk]])`` so subsets never copy the whole matrix."""
-    for start in range(0, ids.numel(), chunk_size):
-        yield start, cos.index_select(0, ids[start : start + chunk_size])
 
 
 def _feature_ids(cos: Tensor, feature_ids: ArrayLike | None) -> Tensor:
@@ -99,24 +133,25 @@ class Matching(NamedTuple):
     method: str  # "dense", "sparse" or "greedy" (fallback)
 
 
-def _match_dense(cos: Tensor, ids: Tensor) -> Matching:
-    n = ids.numel()
-    abs_cos = cos.index_select(0, ids).abs().to(torch.float64).cpu().numpy()
+def _resolve_method(method: str, n: int, n_latents: int) -> str:
+    if method not in ("auto", "dense", "sparse"):
+        raise ValueError(f"unknown matching method {method!r}")
+    if n == 0 or n_latents == 0:
+        return "none"
+    if method == "auto":
+        return "dense" if n * n_latents <= DENSE_MATCHING_LIMIT else "sparse"
+    return method
+
+
+def _match_dense(abs_cos: np.ndarray) -> Matching:
+    """scipy's exact Hungarian matching on a float64 ``|cos|`` matrix."""
+    n = abs_cos.shape[0]
     rows, cols = linear_sum_assignment(abs_cos, maximize=True)
     f2l = np.full(n, -1, dtype=np.int64)
     f2l[rows] = cols
     matched = np.zeros(n, dtype=np.float64)
     matched[rows] = abs_cos[rows, cols]
     return Matching(f2l, matched, "dense")
-
-
-def _topk_edges(cos: Tensor, ids: Tensor, k: int, chunk_size: int) -> tuple[np.ndarray, ...]:
-    vals, idx = [], []
-    for _, block in _row_blocks(cos, ids, chunk_size):
-        v, i = block.abs().topk(k, dim=1)
-        vals.append(v.to(torch.float64).cpu().numpy())
-        idx.append(i.cpu().numpy())
-    return np.concatenate(vals), np.concatenate(idx)
 
 
 def _greedy(vals: np.ndarray, idx: np.ndarray) -> np.ndarray:
@@ -132,8 +167,9 @@ def _greedy(vals: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return f2l
 
 
-def _match_sparse_topk(cos: Tensor, ids: Tensor, top_k: int, chunk_size: int) -> Matching:
-    """Optimal matching restricted to each feature's ``top_k`` latents by ``|cos|``.
+def _match_sparse(vals: np.ndarray, idx: np.ndarray, n_latents: int) -> Matching:
+    """Optimal matching restricted to each feature's top-k latents by ``|cos|`` (the edges
+    ``vals`` float64 / ``idx`` [n, k]).
 
     Every feature also gets a private dummy latent of weight 0 so that a full matching
     always exists; a feature matched to its dummy counts as unmatched. Weights are shifted
@@ -142,9 +178,7 @@ def _match_sparse_topk(cos: Tensor, ids: Tensor, top_k: int, chunk_size: int) ->
     """
     from scipy.sparse import csr_matrix
 
-    n, n_latents = ids.numel(), cos.shape[1]
-    k = min(top_k, n_latents)
-    vals, idx = _topk_edges(cos, ids, k, chunk_size)
+    n, k = vals.shape
     data = np.concatenate([vals + 1.0, np.ones((n, 1))], axis=1).ravel()
     cols = np.concatenate([idx, n_latents + np.arange(n)[:, None]], axis=1).ravel()
     graph = csr_matrix((data, cols, np.arange(0, n * (k + 1) + 1, k + 1)), shape=(n, n_latents + n))
@@ -184,17 +218,9 @@ def match_features(
     ``DENSE_MATCHING_LIMIT`` pairs (4096 x 4096), sparse above.
     ``feature_ids`` restricts the rows; results are aligned with it.
     """
-    ids = _feature_ids(cos, feature_ids)
-    n, n_latents = ids.numel(), cos.shape[1]
-    if n == 0 or n_latents == 0:
-        return Matching(np.full(n, -1, dtype=np.int64), np.zeros(n), "none")
-    if method == "auto":
-        method = "dense" if n * n_latents <= DENSE_MATCHING_LIMIT else "sparse"
-    if method == "dense":
-        return _match_dense(cos, ids)
-    if method == "sparse":
-        return _match_sparse_topk(cos, ids, top_k, chunk_size)
-    raise ValueError(f"unknown matching method {method!r}")
+    return score_features(
+        cos, feature_ids, matching=method, top_k=top_k, chunk_size=chunk_size
+    ).matching
 
 
 # ----------------------------------------------------------------------------- dictionary
@@ -245,6 +271,237 @@ def _mean(x: np.ndarray) -> float:
     return float(x.mean(dtype=np.float64)) if x.size else float("nan")
 
 
+class _Subset:
+    """Per-latent running reductions over one set of scanned rows (its ``positions``)."""
+
+    def __init__(
+        self, positions: np.ndarray | None, n_latents: int, dtype: torch.dtype, device: torch.device
+    ) -> None:
+        self.positions = positions  # sorted positions into the scan order; None = all
+        self.pos_t = None if positions is None else torch.as_tensor(positions, device=device)
+        self.lat_abs = torch.full((n_latents,), -1.0, dtype=dtype, device=device)
+        self.lat_arg = torch.full((n_latents,), -1, dtype=torch.long, device=device)  # local
+        self.lat_cos = torch.zeros(n_latents, dtype=dtype, device=device)
+        self.lat_n_above = torch.zeros(n_latents, dtype=torch.long, device=device)
+
+    def update(self, block: Tensor, abs_block: Tensor, offset: int, threshold: float) -> None:
+        """Fold in a block of the subset's rows whose first row has local index ``offset``."""
+        # Running argmax of |cos| over features, per latent; strict > keeps the first.
+        bmax, barg = abs_block.max(dim=0)
+        better = bmax > self.lat_abs
+        self.lat_abs = torch.where(better, bmax, self.lat_abs)
+        self.lat_arg = torch.where(better, barg + offset, self.lat_arg)
+        self.lat_cos = torch.where(better, block.gather(0, barg[None]).squeeze(0), self.lat_cos)
+        # Counts in int32 (a block has < 2**31 rows): twice as fast as int64 on the CPU.
+        self.lat_n_above += (block > threshold).sum(dim=0, dtype=torch.int32)
+
+
+class CosineHeatmap(NamedTuple):
+    """``|cos|`` for plotting: rows are features in order, columns latents in matched order
+    (see :func:`sae.plots.matched_latent_order`), each cell the mean over a block of at most
+    ``row_block x col_block`` cells of the full ``n_features x n_latents`` matrix (1 x 1, i.e.
+    the exact matrix, when it has at most ``heatmap_side`` rows and columns and at most
+    ``HEATMAP_ELEMENTS`` cells)."""
+
+    values: np.ndarray  # [ceil(n_features / row_block), ceil(n_latents / col_block)]
+    n_features: int
+    n_latents: int
+    row_block: int
+    col_block: int
+
+
+def _block_mean_columns(a: np.ndarray, block: int) -> np.ndarray:
+    if block == 1:
+        return a
+    n = a.shape[1]
+    m = -(-n // block)
+    padded = np.zeros((a.shape[0], m * block), dtype=np.float64)
+    padded[:, :n] = a
+    counts = np.minimum(block, n - np.arange(m) * block)
+    return padded.reshape(a.shape[0], m, block).sum(axis=2) / counts
+
+
+def _scan(
+    cosines: Callable[[Tensor | slice], Tensor],
+    shape: tuple[int, int],
+    order: Tensor | None,
+    subsets: list[np.ndarray | None],
+    *,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    threshold: float,
+    matching: str,
+    top_k: int,
+    chunk_size: int,
+    heatmap_side: int = 0,
+) -> tuple[list[DictionaryScores], CosineHeatmap | None]:
+    """Every decoder-only score of each subset of the scanned rows, in one pass over blocks of
+    ``cosines(rows)`` (``dtype`` ``[rows, n_latents]`` on ``device``) with no host sync.
+
+    The scan visits the rows ``order`` (global feature ids on ``device``; None: all
+    ``shape[0]`` rows in index order) in that order, so ties go to the earlier position.
+    ``subsets`` holds sorted positions into the scan (None: all of them). ``heatmap_side`` > 0
+    also keeps a :class:`CosineHeatmap` of at most that many rows and columns; it needs
+    ``order=None`` and the first subset to be all rows (its matching orders the columns).
+    """
+    n, n_latents = shape if order is None else (order.numel(), shape[1])
+    sizes = [n if p is None else p.size for p in subsets]
+    methods = [_resolve_method(matching, size, n_latents) for size in sizes]
+    states = [_Subset(p, n_latents, dtype, device) for p in subsets]
+    row_best_cos = torch.zeros(n, dtype=torch.float64, device=device)
+    row_best_lat = torch.full((n,), -1, dtype=torch.long, device=device)
+    k = min(top_k, n_latents)
+    need_topk = "sparse" in methods
+    topk_vals = torch.zeros(n if need_topk else 0, k, dtype=dtype, device=device)
+    topk_idx = torch.zeros(n if need_topk else 0, k, dtype=torch.long, device=device)
+    # Rows kept whole, only for subsets matched by the dense Hungarian algorithm.
+    dense = np.zeros(n, dtype=bool)
+    for p, m in zip(subsets, methods):
+        if m == "dense":
+            dense[slice(None) if p is None else p] = True
+    dense_pos = np.flatnonzero(dense)
+    dense_pos_t = torch.as_tensor(dense_pos, device=device)
+    dense_rows = torch.empty(dense_pos.size, n_latents, dtype=dtype, device=device)
+    step = block_rows(n_latents, chunk_size)
+    heat = row_block = None
+    if heatmap_side > 0 and order is None and n and n_latents:
+        groups = max(1, min(heatmap_side, HEATMAP_ELEMENTS // n_latents))
+        row_block = -(-n // groups)
+        step = max(row_block, step // row_block * row_block)  # blocks hold whole row groups
+        heat = torch.zeros(-(-n // row_block), n_latents, dtype=dtype, device=device)
+
+    for start in range(0, n if n_latents else 0, step):
+        stop = min(start + step, n)
+        block = cosines(slice(start, stop) if order is None else order[start:stop])
+        v, i = block.max(dim=1)
+        row_best_cos[start:stop] = v.to(torch.float64)
+        row_best_lat[start:stop] = i
+        abs_block = block.abs()
+        if need_topk:
+            topk_vals[start:stop], topk_idx[start:stop] = abs_block.topk(k, dim=1)
+        a, b = np.searchsorted(dense_pos, (start, stop))
+        if b > a:
+            dense_rows[a:b] = abs_block.index_select(0, dense_pos_t[a:b] - start)
+        for s in states:
+            if s.positions is None:
+                s.update(block, abs_block, start, threshold)
+                continue
+            a, b = np.searchsorted(s.positions, (start, stop))
+            if b > a:
+                local = s.pos_t[a:b] - start
+                s.update(
+                    block.index_select(0, local), abs_block.index_select(0, local), a, threshold
+                )
+        if heat is not None:
+            g0, rows = start // row_block, stop - start
+            pad = -rows % row_block
+            if pad:
+                abs_block = torch.cat([abs_block, abs_block.new_zeros(pad, n_latents)])
+            heat[g0 : g0 + (rows + pad) // row_block] = abs_block.view(
+                -1, row_block, n_latents
+            ).sum(dim=1)
+        del block, abs_block
+
+    # Everything to the host together, once; the rest is small bookkeeping and scipy.
+    to_host = {
+        "row_best_cos": row_best_cos,
+        "row_best_lat": row_best_lat,
+        "topk_vals": topk_vals,
+        "topk_idx": topk_idx,
+        "dense_rows": dense_rows,
+        "heat": heat,
+    }
+    for j, s in enumerate(states):
+        to_host |= {f"{j}/arg": s.lat_arg, f"{j}/cos": s.lat_cos, f"{j}/above": s.lat_n_above}
+    host = {key: None if t is None else t.cpu().numpy() for key, t in to_host.items()}
+    host["order"] = np.arange(n) if order is None else order.cpu().numpy()
+
+    scores = []
+    for j, (p, size, method) in enumerate(zip(subsets, sizes, methods)):
+        pos = np.arange(n) if p is None else p
+        scores.append(_finish(host, j, pos, size, n_latents, method, dense_pos, threshold))
+    heatmap = None
+    if heatmap_side > 0:
+        heatmap = _heatmap(host["heat"], scores[0].matching, n, n_latents, row_block, heatmap_side)
+    return scores, heatmap
+
+
+def _finish(
+    host: dict[str, np.ndarray],
+    j: int,
+    pos: np.ndarray,
+    n: int,
+    n_latents: int,
+    method: str,
+    dense_pos: np.ndarray,
+    threshold: float,
+) -> DictionaryScores:
+    """Scores of subset ``j`` (positions ``pos`` of the scan) from the host copies."""
+    ids_np = host["order"][pos]
+    best_cos_np = host["row_best_cos"][pos]
+    lat_arg_np = host[f"{j}/arg"]
+    lat_cos_np = host[f"{j}/cos"].astype(np.float64)
+    has_best = lat_arg_np >= 0
+    lat_best_feature = np.where(has_best, ids_np[np.maximum(lat_arg_np, 0)] if n else -1, -1)
+
+    strong = has_best & (lat_cos_np > threshold)
+    split_local = np.flatnonzero(np.bincount(lat_arg_np[strong], minlength=n) >= 2)
+    uniqueness = float(np.unique(lat_arg_np[has_best]).size / n_latents) if n and n_latents else 0.0
+
+    if method == "dense":
+        rows = np.searchsorted(dense_pos, pos)
+        whole = rows.size == dense_pos.size
+        m = _match_dense(
+            (host["dense_rows"] if whole else host["dense_rows"][rows]).astype(np.float64)
+        )
+    elif method == "sparse":
+        vals = host["topk_vals"][pos].astype(np.float64)
+        m = _match_sparse(vals, host["topk_idx"][pos], n_latents)
+    else:
+        m = Matching(np.full(n, -1, dtype=np.int64), np.zeros(n), "none")
+    return DictionaryScores(
+        mmcs=_mean(best_cos_np),
+        recovered_0_9=_mean(best_cos_np > RECOVERY_THRESHOLDS[0]),
+        recovered_0_99=_mean(best_cos_np > RECOVERY_THRESHOLDS[1]),
+        mcc=float(m.matched_abs_cos.sum() / n) if n else float("nan"),
+        uniqueness=uniqueness,
+        threshold=float(threshold),
+        feature_ids=ids_np,
+        feature_best_latent=host["row_best_lat"][pos],
+        feature_best_cos=best_cos_np,
+        matching=m,
+        latent_best_feature=lat_best_feature.astype(np.int64),
+        latent_best_cos=lat_cos_np,
+        split_features=ids_np[split_local],
+        absorbing_latents=np.flatnonzero(host[f"{j}/above"] >= 2),
+    )
+
+
+def _heatmap(
+    heat: np.ndarray | None,
+    matching: Matching,
+    n: int,
+    n_latents: int,
+    row_block: int | None,
+    side: int,
+) -> CosineHeatmap:
+    """Row-block sums of ``|cos|`` -> block means with the latents in matched order."""
+    if heat is None:
+        return CosineHeatmap(np.zeros((n, n_latents)), n, n_latents, 1, 1)
+    order = np.concatenate(
+        [
+            matching.feature_to_latent[matching.feature_to_latent >= 0],
+            np.setdiff1d(np.arange(n_latents), matching.feature_to_latent),
+        ]
+    )  # sae.plots.matched_latent_order, without importing matplotlib
+    row_counts = np.minimum(row_block, n - np.arange(heat.shape[0]) * row_block)
+    col_block = -(-n_latents // side)
+    values = heat[:, order]
+    if row_block > 1 or col_block > 1:
+        values = _block_mean_columns(values, col_block) / row_counts[:, None]
+    return CosineHeatmap(values, n, n_latents, row_block, col_block)
+
+
 def score_features(
     cos: Tensor,
     feature_ids: ArrayLike | None = None,
@@ -268,65 +525,56 @@ def score_features(
     - ``split_features``: features that are the best match, with signed cos > ``threshold``,
       of 2+ latents. ``absorbing_latents``: latents with signed cos > ``threshold`` to 2+
       scored features. Signed, because a latent along ``-f`` does not detect ``f``.
+
+    Runs on ``cos``'s device in blocks of ``chunk_size`` rows; :func:`evaluate_dictionary`
+    gives the same scores without the whole matrix.
     """
     ids = _feature_ids(cos, feature_ids)
-    n, n_latents, device = ids.numel(), cos.shape[1], cos.device
 
-    feat_best_cos = torch.zeros(n, dtype=torch.float64, device=device)
-    feat_best_lat = torch.full((n,), -1, dtype=torch.long, device=device)
-    lat_abs = torch.full((n_latents,), -1.0, dtype=cos.dtype, device=device)
-    lat_arg = torch.full((n_latents,), -1, dtype=torch.long, device=device)  # local index
-    lat_cos = torch.zeros(n_latents, dtype=cos.dtype, device=device)
-    lat_n_above = torch.zeros(n_latents, dtype=torch.long, device=device)
-    if n_latents > 0:
-        for start, block in _row_blocks(cos, ids, chunk_size):
-            v, i = block.max(dim=1)
-            feat_best_cos[start : start + v.numel()] = v.to(torch.float64)
-            feat_best_lat[start : start + v.numel()] = i
-            # Running argmax of |cos| over features, per latent; strict > keeps the first.
-            bmax, barg = block.abs().max(dim=0)
-            better = bmax > lat_abs
-            lat_abs = torch.where(better, bmax, lat_abs)
-            lat_arg = torch.where(better, barg + start, lat_arg)
-            lat_cos = torch.where(better, block.gather(0, barg[None]).squeeze(0), lat_cos)
-            lat_n_above += (block > threshold).sum(dim=0)
+    def rows(r: Tensor | slice) -> Tensor:
+        return cos[r] if isinstance(r, slice) else cos.index_select(0, r)
 
-    ids_np = ids.cpu().numpy()
-    best_cos_np = feat_best_cos.cpu().numpy()
-    lat_arg_np = lat_arg.cpu().numpy()
-    lat_cos_np = lat_cos.to(torch.float64).cpu().numpy()
-    has_best = lat_arg_np >= 0
-    lat_best_feature = np.where(has_best, ids_np[np.maximum(lat_arg_np, 0)] if n else -1, -1)
-
-    strong = has_best & (lat_cos_np > threshold)
-    split_local = np.flatnonzero(np.bincount(lat_arg_np[strong], minlength=n) >= 2)
-    uniqueness = float(np.unique(lat_arg_np[has_best]).size / n_latents) if n and n_latents else 0.0
-
-    m = match_features(cos, ids, method=matching, top_k=top_k, chunk_size=chunk_size)
-    return DictionaryScores(
-        mmcs=_mean(best_cos_np),
-        recovered_0_9=_mean(best_cos_np > RECOVERY_THRESHOLDS[0]),
-        recovered_0_99=_mean(best_cos_np > RECOVERY_THRESHOLDS[1]),
-        mcc=float(m.matched_abs_cos.sum() / n) if n else float("nan"),
-        uniqueness=uniqueness,
-        threshold=float(threshold),
-        feature_ids=ids_np,
-        feature_best_latent=feat_best_lat.cpu().numpy(),
-        feature_best_cos=best_cos_np,
-        matching=m,
-        latent_best_feature=lat_best_feature.astype(np.int64),
-        latent_best_cos=lat_cos_np,
-        split_features=ids_np[split_local],
-        absorbing_latents=np.flatnonzero(lat_n_above.cpu().numpy() >= 2),
+    scores, _ = _scan(
+        rows,
+        tuple(cos.shape),
+        ids,
+        [None],
+        device=cos.device,
+        dtype=cos.dtype,
+        threshold=threshold,
+        matching=matching,
+        top_k=top_k,
+        chunk_size=chunk_size,
     )
+    return scores[0]
 
 
-class DictionaryEvaluation(NamedTuple):
+class DictionaryEvaluation:
     """Scores over all features and, when a mask was given, over the represented ones."""
 
-    cos: Tensor  # float32 [n_features, n_latents]
-    all: DictionaryScores
-    represented: DictionaryScores | None
+    def __init__(
+        self,
+        all: DictionaryScores,
+        represented: DictionaryScores | None,
+        blocks: CosineBlocks,
+        chunk_size: int,
+        heatmap: CosineHeatmap | None = None,
+    ) -> None:
+        self.all, self.represented, self.heatmap = all, represented, heatmap
+        self._blocks, self._chunk_size = blocks, chunk_size
+        self._cos: Tensor | None = None
+
+    @property
+    def cos(self) -> Tensor:
+        """The whole float32 ``[n_features, n_latents]`` cosine matrix on the evaluation
+        device, built on first use (1 GiB at 16k x 16k; the scores never need it)."""
+        if self._cos is None:
+            b = self._blocks
+            self._cos = torch.empty(b.shape, dtype=torch.float32, device=b.device)
+            step = block_rows(b.shape[1], self._chunk_size)
+            for start in range(0, b.shape[0], step):
+                self._cos[start : start + step] = b(slice(start, start + step))
+        return self._cos
 
     def to_dict(self) -> dict[str, float]:
         """Flat ``{"all/mmcs": ..., "represented/mmcs": ...}`` (no ``represented/`` keys
@@ -355,21 +603,38 @@ def evaluate_dictionary(
     matching: MatchingMethod = "auto",
     top_k: int = 8,
     chunk_size: int = 4096,
+    device: torch.device | str | None = None,
+    heatmap_side: int = 0,
 ) -> DictionaryEvaluation:
     """Score ``decoder`` [n_latents, d] against ``ground_truth`` [n_features, d].
 
     ``represented`` (bool [n_features]) adds a second set of scores restricted to those
     features; the matching is re-solved on that subset so that unrepresented features
     cannot take latents away. See :func:`score_features` for the definitions.
+
+    Runs on ``device`` (default: ``decoder``'s) in one pass over blocks of at most
+    ``chunk_size`` features, never holding the whole cosine matrix (``.cos`` builds it on
+    demand). ``heatmap_side`` > 0 also fills ``.heatmap`` (:class:`CosineHeatmap`, at most
+    that many rows and columns) for :func:`sae.plots.plot_cosine_heatmap`.
     """
-    cos = cosine_similarity_matrix(ground_truth, decoder, chunk_size=chunk_size)
-    kw = dict(threshold=threshold, matching=matching, top_k=top_k, chunk_size=chunk_size)
-    scores_all = score_features(cos, None, **kw)
-    scores_rep = None
+    blocks = CosineBlocks(ground_truth, decoder, device)
+    subsets: list[np.ndarray | None] = [None]
     if represented is not None:
-        ids = np.flatnonzero(_as_mask(represented, ground_truth.shape[0]))
-        scores_rep = score_features(cos, ids, **kw)
-    return DictionaryEvaluation(cos, scores_all, scores_rep)
+        subsets.append(np.flatnonzero(_as_mask(represented, blocks.shape[0])))
+    scores, heatmap = _scan(
+        blocks,
+        blocks.shape,
+        None,
+        subsets,
+        device=blocks.device,
+        threshold=threshold,
+        matching=matching,
+        top_k=top_k,
+        chunk_size=chunk_size,
+        heatmap_side=heatmap_side,
+    )
+    rep = scores[1] if represented is not None else None
+    return DictionaryEvaluation(scores[0], rep, blocks, chunk_size, heatmap)
 
 
 def score_dictionary(
@@ -449,6 +714,14 @@ class ReconstructionStats:
                         f"represented has {self._represented.numel()} entries, "
                         f"true_codes have {n_features} features"
                     )
+                # Latents averaged in each classification mean, found on the host.
+                assigned = self._l2f >= 0
+                groups = {"classification": assigned}
+                if self._represented is not None:
+                    groups["represented/classification"] = (
+                        assigned & self._represented[self._l2f.clamp(min=0)]
+                    )
+                self._groups = {k: sel.nonzero()[:, 0].to(dev) for k, sel in groups.items()}
                 self._l2f = self._l2f.to(dev)
                 self._tp = torch.zeros(codes.shape[1], dtype=torch.long, device=dev)
 
@@ -477,13 +750,13 @@ class ReconstructionStats:
         self._sum_norm_x += x64.norm(dim=1).sum()
         self._sum_norm_xhat += xh64.norm(dim=1).sum()
         fires = codes.detach() > 0
-        self._fires += fires.sum(dim=0)
+        self._fires += fires.sum(dim=0, dtype=torch.int32)
         if true_codes is not None:
             true_fires = true_codes.detach() > 0
-            self._true_fires += true_fires.sum(dim=0)
+            self._true_fires += true_fires.sum(dim=0, dtype=torch.int32)
             if self._l2f is not None:
                 own = true_fires[:, self._l2f.clamp(min=0)]
-                self._tp += (fires & own).sum(dim=0)
+                self._tp += (fires & own).sum(dim=0, dtype=torch.int32)
         self.n_samples += x.shape[0]
 
     def _classification(self) -> dict[str, Tensor]:
@@ -504,54 +777,57 @@ class ReconstructionStats:
             "accuracy": (tp + tn) / n,
         }
 
+    def results(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """``(compute(), arrays())`` from one copy to the host."""
+        if self.n_samples == 0:
+            raise ValueError("ReconstructionStats.results() called before any update()")
+        n, f64 = self.n_samples, torch.float64
+        nan = torch.tensor(float("nan"), dtype=f64, device=self._fires.device)
+        mean_x = self._sum_x / n
+        variance = self._sum_sq_x / n - mean_x.square().sum()
+        err = self._sum_sq_err / n
+        dead = (self._fires == 0).to(f64)
+        scalars: dict[str, Tensor] = {
+            "explained_variance": torch.where(variance > 0, 1.0 - err / variance, nan),
+            "mse": err / self._sum_x.numel(),
+            "sae_l0": self._fires.sum().to(f64) / n,
+            "dead_latents": dead.sum(),
+            "dead_fraction": dead.mean(),
+            "shrinkage": torch.where(
+                self._sum_norm_x > 0, self._sum_norm_xhat / self._sum_norm_x, nan
+            ),
+        }
+        arrays = {"latent_firing_rate": self._fires.to(f64) / n}
+        if self._with_true:
+            scalars["true_l0"] = self._true_fires.sum().to(f64) / n
+            arrays["feature_firing_rate"] = self._true_fires.to(f64) / n
+            if self._l2f is not None:
+                per_latent_metrics = self._classification()
+                for prefix, sel in self._groups.items():
+                    for name, per_latent in per_latent_metrics.items():
+                        scalars[f"{prefix}/{name}"] = (
+                            per_latent.index_select(0, sel).mean() if sel.numel() else nan
+                        )
+                arrays |= {k: v for k, v in per_latent_metrics.items() if k != "accuracy"}
+        values = list(scalars.values()) + list(arrays.values())
+        flat = torch.cat([v.reshape(-1).to(f64) for v in values]).cpu().numpy()
+        out: dict[str, float] = {"n_samples": n}
+        for i, key in enumerate(scalars):
+            out[key] = int(flat[i]) if key == "dead_latents" else float(flat[i])
+        host, at = {}, len(scalars)
+        for key, v in arrays.items():
+            host[key], at = flat[at : at + v.numel()], at + v.numel()
+        return out, host
+
     def compute(self) -> dict[str, float]:
         """Flat JSON-ready scalars (see the class docstring for definitions)."""
         if self.n_samples == 0:
             raise ValueError("ReconstructionStats.compute() called before any update()")
-        n = self.n_samples
-        mean_x = self._sum_x / n
-        variance = self._sum_sq_x / n - mean_x.square().sum()
-        err = self._sum_sq_err / n
-        ev = 1.0 - err / variance if variance > 0 else torch.tensor(float("nan"))
-        out: dict[str, float] = {
-            "n_samples": n,
-            "explained_variance": float(ev),
-            "mse": float(err / self._sum_x.numel()),
-            "sae_l0": float(self._fires.sum().double() / n),
-            "dead_latents": int((self._fires == 0).sum()),
-            "dead_fraction": float((self._fires == 0).double().mean()),
-            "shrinkage": float(self._sum_norm_xhat / self._sum_norm_x)
-            if self._sum_norm_x > 0
-            else float("nan"),
-        }
-        if self._with_true:
-            out["true_l0"] = float(self._true_fires.sum().double() / n)
-            if self._l2f is not None:
-                assigned = self._l2f >= 0
-                groups = {"classification": assigned}
-                if self._represented is not None:
-                    rep = self._represented.to(assigned.device)
-                    groups["represented/classification"] = assigned & rep[self._l2f.clamp(min=0)]
-                per_latent_metrics = self._classification()
-                for prefix, sel in groups.items():
-                    for name, per_latent in per_latent_metrics.items():
-                        vals = per_latent[sel]
-                        out[f"{prefix}/{name}"] = (
-                            float(vals.mean()) if vals.numel() else float("nan")
-                        )
-        return out
+        return self.results()[0]
 
     def arrays(self) -> dict[str, np.ndarray]:
         """Per-latent (``latent_firing_rate``, ``precision``, ``recall``, ``f1_score``) and
         per-feature (``feature_firing_rate``) arrays, as float64 numpy."""
         if self.n_samples == 0:
             raise ValueError("ReconstructionStats.arrays() called before any update()")
-        n = self.n_samples
-        out = {"latent_firing_rate": (self._fires.double() / n).cpu().numpy()}
-        if self._with_true:
-            out["feature_firing_rate"] = (self._true_fires.double() / n).cpu().numpy()
-            if self._l2f is not None:
-                for name, per_latent in self._classification().items():
-                    if name != "accuracy":
-                        out[name] = per_latent.cpu().numpy()
-        return out
+        return self.results()[1]

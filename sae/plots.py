@@ -25,13 +25,25 @@ def matched_latent_order(matching: np.ndarray, n_latents: int) -> np.ndarray:
 
 
 def plot_cosine_heatmap(
-    cos: np.ndarray, matching: np.ndarray, path: str | os.PathLike, title: str = ""
+    cos: np.ndarray,
+    matching: np.ndarray | None,
+    path: str | os.PathLike,
+    title: str = "",
+    full_shape: tuple[int, int] | None = None,
 ) -> Path:
-    """|cos| heatmap, features in order (rows), matched latents on the diagonal (columns)."""
+    """|cos| heatmap, features in order (rows), matched latents on the diagonal (columns).
+
+    ``matching=None``: the columns of ``cos`` are already in that order. ``full_shape``
+    (features, latents): ``cos`` summarises a larger matrix (block means, see
+    ``sae.metrics.CosineHeatmap``) and the axes count in its indices."""
     cos = np.abs(np.asarray(cos, dtype=np.float64))
-    order = matched_latent_order(matching, cos.shape[1])
+    if matching is not None:
+        cos = cos[:, matched_latent_order(matching, cos.shape[1])]
+    extent = None
+    if full_shape is not None and tuple(full_shape) != cos.shape:
+        extent = (-0.5, full_shape[1] - 0.5, full_shape[0] - 0.5, -0.5)
     fig, ax = plt.subplots(figsize=(7, 6))
-    im = ax.imshow(cos[:, order], vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    im = ax.imshow(cos, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto", extent=extent)
     fig.colorbar(im, ax=ax, label="|cosine|")
     ax.set_xlabel("latent (matched first, in feature order)")
     ax.set_ylabel("ground-truth feature")

@@ -298,6 +298,12 @@ CASES: dict[str, Case] = {
         "eval {out}", 2, ("sae_weights.safetensors",), seed="sae", damage="bad_weights"
     ),
     "eval-no-run": Case("eval {out}", 2, ("{out}", "run.json")),
+    # scoring on a device this machine lacks
+    **(
+        {}
+        if torch.cuda.is_available()
+        else {"eval-absent-cuda": Case("eval {out} --accelerator cuda", 2, ("'cuda'",), seed="sae")}
+    ),
     "export-broken-model": Case(
         "toy export {t}/broken_toy --out {out}/acts.safetensors",
         2,
