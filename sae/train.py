@@ -56,7 +56,7 @@ def train_saes(
         "source": source_info or {},
         "world_size": getattr(module, "world_size", 1),
         "ranks_identical": getattr(module, "ranks_identical", True),
-        "steps_per_call": module.steps_per_call or getattr(module, "chosen_steps_per_call", 1),
+        "throughput": module.throughput,
         "wandb": wandb_run_info(logger),
     }
     write_json(out_dir / "run.json", run_record)

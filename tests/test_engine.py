@@ -72,7 +72,12 @@ def test_toy_steps_per_call_equal_one_step_per_call(tmp_path: Path, steps_per_ca
     one = _toy(tmp_path / "one", 1)
     many = _toy(tmp_path / "many", steps_per_call)
     _assert_same_run(tmp_path / "one", tmp_path / "many")
+    timing = many.pop("throughput")
+    one.pop("throughput")
     assert one == many
+    # Steady-state speed is recorded: every step after the first (warm-up) call.
+    first_call = steps_per_call or 1
+    assert timing["steps"] == 95 - min(first_call, 10) and timing["steps_per_second"] > 0
     # Logging steps (9, 19, ...) and checkpoints (every 30: the last at 90) where they belong.
     assert [r["step"] for r in read_metrics(tmp_path / "many")] == list(range(9, 95, 10))
     assert _checkpoint(tmp_path / "many")["global_step"] == 90

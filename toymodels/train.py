@@ -92,6 +92,7 @@ def _finish(
         "kind": m.kind,
         "world_size": getattr(module, "world_size", 1),
         "ranks_identical": getattr(module, "ranks_identical", True),
+        "throughput": module.throughput,
         "instances": records,
     }
     write_json(out_dir / "metrics.json", metrics)

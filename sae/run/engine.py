@@ -40,6 +40,10 @@ class StepEngine(L.LightningModule):
         self.event_periods = tuple(p for p in event_periods if p > 0)
         self.steps_per_call = steps_per_call
         self._calls = 0
+        self._timed_from: tuple[float, int] | None = None
+        self.throughput: dict[str, float] | None = None
+        """Steady-state training speed after fit (steps after the first call): ``steps``,
+        ``seconds``, ``steps_per_second``, ``steps_per_call``."""
 
     # -- what a subclass provides --------------------------------------------------------
     def train_step(self, step: int) -> Tensor:
@@ -87,6 +91,8 @@ class StepEngine(L.LightningModule):
             # Every rank must run the same chunks (they meet in the same collectives).
             self.chosen_steps_per_call = int(self.trainer.strategy.broadcast(chosen, src=0))
         self._calls += 1
+        if self._calls == 1:  # time steady-state training from here (after the warm-up call)
+            self._timed_from = (self._clock(), start + k)
         _advance_global_step(self.trainer, k)
         if (start + k) == self.total_steps or any((start + k) % p == 0 for p in self.event_periods):
             self.after_chunk(start + k)
@@ -120,6 +126,18 @@ class StepEngine(L.LightningModule):
         for g in grads:
             g.copy_(flat[offset : offset + g.numel()].view_as(g))
             offset += g.numel()
+
+    def on_train_end(self) -> None:
+        if self._timed_from is None:
+            return
+        t0, first = self._timed_from
+        seconds, steps = self._clock() - t0, self.global_step - first
+        self.throughput = {
+            "steps": steps,
+            "seconds": round(seconds, 4),
+            "steps_per_second": round(steps / seconds, 2) if steps and seconds > 0 else 0.0,
+            "steps_per_call": self.steps_per_call or getattr(self, "chosen_steps_per_call", 1),
+        }
 
     def on_train_start(self) -> None:
         wrapper = self.trainer.strategy.model
