@@ -11,12 +11,10 @@ import click
 
 from sae.run.config_io import load_config
 from sae.run.errors import UsageError
+from sae.run.layout import RunDir
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
-
-# Files whose presence means a folder already holds a run.
-RUN_MARKERS = ("config.yaml", "checkpoints", "metrics.json", "model.safetensors", "report.md")
 
 
 def config_options(f: F) -> F:
@@ -98,9 +96,9 @@ def resolve_run(
             raise UsageError("--resume reads the config saved in the run folder; drop --config")
         if out_dir is not None and out_dir != resume_dir:
             raise UsageError("--resume DIR is the output folder; drop --out")
-        saved = resume_dir / "config.yaml"
+        saved = RunDir(resume_dir).config
         if not saved.exists():
-            raise UsageError(f"nothing to resume in {resume_dir}: no config.yaml")
+            raise UsageError(f"nothing to resume in {resume_dir}: no {RunDir.CONFIG}")
         return load_config(cls, saved, list(overrides)), resume_dir, True
     if out_dir is None:
         raise UsageError("missing option '--out'")
@@ -112,10 +110,9 @@ def resolve_run(
 
 def require_checkpoint(out_dir: Path) -> None:
     """--resume of a training command needs the checkpoint; say so before any setup runs."""
-    from sae.run.guards import CHECKPOINT_DIR, LAST, last_checkpoint
-
-    if not last_checkpoint(out_dir).is_file():
-        raise UsageError(f"nothing to resume in {out_dir}: no {CHECKPOINT_DIR}/{LAST}")
+    run = RunDir(out_dir)
+    if not run.last_checkpoint.is_file():
+        raise UsageError(f"nothing to resume in {out_dir}: no {RunDir.RESUME_FROM}")
 
 
 def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
@@ -124,7 +121,7 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
         return
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"output folder {out_dir} is a file")
-    if out_dir.exists() and any((out_dir / m).exists() for m in RUN_MARKERS):
+    if RunDir(out_dir).holds_run():
         if not overwrite:
             raise UsageError(
                 f"{out_dir} already holds a run; use --resume {out_dir} to continue "

@@ -11,6 +11,7 @@ import click
 import torch
 
 from sae.run.errors import UsageError
+from sae.run.layout import RunDir
 
 TABLE_KEYS = [
     "represented/mcc",
@@ -85,11 +86,11 @@ def evaluate_run(
     from sae.run.runtime import reopen_wandb
 
     device = resolve_device(accelerator)
-    run_json = run_dir / "run.json"
-    if not run_json.exists():
-        raise UsageError(f"{run_dir} holds no finished SAE run (no run.json)")
-    run = json.loads(run_json.read_text())
-    config = load_config(SAERunConfig, run_dir / "config.yaml")
+    layout = RunDir(run_dir)
+    if not layout.record.exists():
+        raise UsageError(f"{run_dir} holds no finished SAE run (no {RunDir.RECORD})")
+    run = json.loads(layout.record.read_text())
+    config = load_config(SAERunConfig, layout.config)
     truth = _ground_truth(config, activations, samples, batch_size)
     results: dict[str, dict[str, Any]] = {}
     for name in run["instances"]:

@@ -10,10 +10,8 @@ from cli.common import is_main_process
 from sae.config import SAERunConfig
 from sae.run.config_io import config_to_yaml
 from sae.run.files import write_text
-from sae.run.guards import last_checkpoint
+from sae.run.layout import PipelineDir, RunDir
 from toymodels.config import ToyConfig
-
-STAGES = ("toy", "activations.safetensors", "sae", "report.md")
 
 
 @dataclass
@@ -54,22 +52,16 @@ def run_pipeline(
     from toymodels.export import export_activations
     from toymodels.train import train_toy
 
+    layout = PipelineDir(out_dir)
     if is_main_process():
-        write_text(out_dir / "config.yaml", config_to_yaml(config))
-    toy_dir, act_file, sae_dir = (
-        out_dir / "toy",
-        out_dir / "activations.safetensors",
-        out_dir / "sae",
-    )
+        write_text(layout.config, config_to_yaml(config))
+    toy, act_file, sae_run = layout.toy, layout.activations, layout.sae_run
 
     # Under DDP Lightning re-runs this command in each extra rank once per training stage; such
     # a rank finds the earlier stages' files on disk, joins the stage in progress and returns.
-    if not (toy_dir / "model.safetensors").exists():
+    if not toy.model.exists():
         echo("[1/4] training toy models")
-        if (
-            train_toy(config.toy, toy_dir, resume=resume and last_checkpoint(toy_dir).exists())
-            is None
-        ):
+        if train_toy(config.toy, toy.root, resume=resume and toy.last_checkpoint.exists()) is None:
             return None
     if not act_file.exists():
         echo(
@@ -77,7 +69,7 @@ def run_pipeline(
             f"{config.export.instance}"
         )
         export_activations(
-            toy_dir,
+            toy.root,
             config.export.instance,
             config.export.samples,
             act_file,
@@ -85,47 +77,46 @@ def run_pipeline(
         )
     sae_config = config.sae
     sae_config.data.activations, sae_config.data.toy_dir = str(act_file), None
-    if not (sae_dir / "run.json").exists():
+    if not sae_run.record.exists():
         echo(f"[3/4] training {sae_config.sweep.n_instances} SAEs in one batched run")
         from cli.sources import build_source
 
         source, info = build_source(sae_config)
-        sae_dir.mkdir(parents=True, exist_ok=True)
+        sae_run.root.mkdir(parents=True, exist_ok=True)
         folders = train_saes(
             sae_config,
             source,
-            sae_dir,
+            sae_run.root,
             source_info=info,
-            resume=resume and last_checkpoint(sae_dir).exists(),
+            resume=resume and sae_run.last_checkpoint.exists(),
         )
         if folders is None:
             return None
     echo("[4/4] scoring against the ground truth")
-    results = evaluate_run(sae_dir, accelerator=scoring_accelerator(config.sae.runtime.accelerator))
-    toy_metrics = _toy_summary(toy_dir, config.export.instance)
+    results = evaluate_run(
+        sae_run.root, accelerator=scoring_accelerator(config.sae.runtime.accelerator)
+    )
+    toy_metrics = _toy_summary(toy, config.export.instance)
     write_report(
-        out_dir / "report.md",
+        layout.report,
         "SAE feature recovery on a toy model of superposition",
         toy_metrics,
         results,
     )
     best = best_sae(results)
-    echo(
-        f"best: {best} (l1 = {results[best]['cfg']['l1_coefficient']:g}); "
-        f"report: {out_dir / 'report.md'}"
-    )
+    echo(f"best: {best} (l1 = {results[best]['cfg']['l1_coefficient']:g}); report: {layout.report}")
     return results
 
 
-def _toy_summary(toy_dir: Path, instance: int) -> list[str]:
+def _toy_summary(toy: RunDir, instance: int) -> list[str]:
     import json
 
-    metrics = json.loads((toy_dir / "metrics.json").read_text())
+    metrics = json.loads(toy.metrics.read_text())
     r = metrics["instances"][instance]
     n = len(r["feature_norms"])
     return [
         f"Toy model `{metrics['kind']}` instance {instance}: {n} features, 1 − S = "
         f"{r['feature_probability']:g}, {r['n_represented']} features represented "
         f"(‖W_i‖ > 0.5), D* = {r['dims_per_feature']:.3f} dimensions per feature, loss "
-        f"{r['loss']:.5f}. Plots: `toy/plots/`.",
+        f"{r['loss']:.5f}. Plots: `{PipelineDir.TOY}/{RunDir.PLOTS}/`.",
     ]

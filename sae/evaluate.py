@@ -17,8 +17,8 @@ from sae.metrics import ReconstructionStats, block_rows, evaluate_dictionary
 from sae.model import SparseAutoencoder
 from sae.run.errors import UsageError
 from sae.run.files import write_json
+from sae.run.layout import SAEDir
 
-EVAL_FILE = "eval_stats.json"
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")
 """``sae eval --accelerator`` choices: ``auto`` is CUDA when available, else the CPU."""
 HEATMAP_SIDE = 2048
@@ -178,8 +178,8 @@ def write_eval(folder: str | Path, result: dict[str, Any], title: str = "") -> d
     """``eval_stats.json`` and the two plots in ``folder``; returns the plot paths."""
     from sae.plots import plot_best_cosine_histogram, plot_cosine_heatmap
 
-    folder = Path(folder)
-    write_json(folder / EVAL_FILE, {k: result[k] for k in ("scalars", "features", "latents")})
+    folder = SAEDir(folder)
+    write_json(folder.eval_stats, {k: result[k] for k in ("scalars", "features", "latents")})
     heat = result["heatmap"]
     best = np.array(
         [r["best_cos"] if r["best_cos"] is not None else np.nan for r in result["features"]]
@@ -188,13 +188,11 @@ def write_eval(folder: str | Path, result: dict[str, Any], title: str = "") -> d
         "cosine_heatmap": plot_cosine_heatmap(
             heat.values,
             None,
-            folder / "cosine_heatmap.png",
+            folder.cosine_heatmap,
             title,
             full_shape=(heat.n_features, heat.n_latents),
         ),
-        "best_cosine_histogram": plot_best_cosine_histogram(
-            best, folder / "best_cosine_hist.png", title
-        ),
+        "best_cosine_histogram": plot_best_cosine_histogram(best, folder.best_cosine_hist, title),
     }
 
 

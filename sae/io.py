@@ -14,9 +14,7 @@ from safetensors.torch import load_file, save_file
 from sae.model import SparseAutoencoder
 from sae.run.errors import UsageError
 from sae.run.files import atomic_path, write_json
-
-WEIGHTS_FILE = "sae_weights.safetensors"
-CFG_FILE = "cfg.json"
+from sae.run.layout import SAEDir
 
 
 class LoadedSAE(NamedTuple):
@@ -26,26 +24,26 @@ class LoadedSAE(NamedTuple):
 
 
 def save_sae(folder: str | Path, weights: dict[str, torch.Tensor], cfg: dict[str, Any]) -> None:
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / WEIGHTS_FILE) as tmp:
+    folder = SAEDir(folder)
+    folder.root.mkdir(parents=True, exist_ok=True)
+    with atomic_path(folder.weights) as tmp:
         save_file(
             {k: v.detach().cpu().contiguous() for k, v in weights.items()},
             str(tmp),
             metadata={"format": "sae-toolkit/sae"},
         )
-    write_json(folder / CFG_FILE, cfg)
+    write_json(folder.cfg, cfg)
 
 
 def load_sae(folder: str | Path) -> LoadedSAE:
-    folder = Path(folder)
-    weights_path, cfg_path = folder / WEIGHTS_FILE, folder / CFG_FILE
+    folder = SAEDir(folder)
+    weights_path, cfg_path = folder.weights, folder.cfg
     if not weights_path.exists():
-        raise UsageError(f"no SAE in {folder}: missing {WEIGHTS_FILE}")
+        raise UsageError(f"no SAE in {folder.root}: missing {SAEDir.WEIGHTS}")
     try:
         cfg = json.loads(cfg_path.read_text())
     except FileNotFoundError:
-        raise UsageError(f"no SAE in {folder}: missing {CFG_FILE}") from None
+        raise UsageError(f"no SAE in {folder.root}: missing {SAEDir.CFG}") from None
     except json.JSONDecodeError:
         raise UsageError(f"{cfg_path}: not valid JSON") from None
     try:

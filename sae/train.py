@@ -14,12 +14,9 @@ from sae.lightning_module import SAEModule
 from sae.run.config_io import config_to_dict, config_to_yaml
 from sae.run.files import write_json
 from sae.run.fit import fit
+from sae.run.layout import RunDir
 from sae.run.metrics_log import MetricsFile
 from sae.run.runtime import finish_wandb, wandb_run_info
-
-
-def instance_dir(out_dir: Path, k: int) -> Path:
-    return Path(out_dir) / f"sae_{k}"
 
 
 def train_saes(
@@ -59,7 +56,7 @@ def train_saes(
         "throughput": module.throughput,
         "wandb": wandb_run_info(logger),
     }
-    write_json(out_dir / "run.json", run_record)
+    write_json(RunDir(out_dir).record, run_record)
     finish_wandb(logger)
     return folders
 
@@ -84,7 +81,7 @@ def save_instances(
             "input_scale_folded": scale,
             "source": source_info,
         }
-        folder = instance_dir(out_dir, k)
+        folder = RunDir(out_dir).sae(k).root
         save_sae(folder, module.sae.instance_weights(k, scale), cfg)
         folders.append(folder)
     return folders

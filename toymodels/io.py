@@ -12,12 +12,12 @@ from safetensors.torch import load_file, save_file
 from sae.run.config_io import config_to_dict, from_dict
 from sae.run.errors import UsageError
 from sae.run.files import atomic_path
+from sae.run.layout import RunDir
 from toymodels.config import ToyConfig
 from toymodels.data import FeatureDistribution
 from toymodels.models import ToyModel, build_model
 
 FORMAT = "sae-toolkit/toy-model"
-MODEL_FILE = "model.safetensors"
 
 
 class LoadedToy(NamedTuple):
@@ -41,7 +41,7 @@ def load_toy_model(run_dir: str | Path) -> LoadedToy:
     """Load ``run_dir/model.safetensors`` (or a model file given directly)."""
     path = Path(run_dir)
     if path.is_dir():
-        path = path / MODEL_FILE
+        path = RunDir(path).model
     if not path.exists():
         raise UsageError(f"no trained toy model at {path} (run `sae toy train` first)")
     try:

@@ -10,12 +10,13 @@ import torch
 from sae.run.config_io import config_to_dict, config_to_yaml
 from sae.run.files import write_json
 from sae.run.fit import fit
+from sae.run.layout import RunDir
 from sae.run.metrics_log import MetricsFile
 from sae.run.runtime import finish_wandb
 from toymodels.config import ToyConfig
 from toymodels.data import FeatureDistribution
 from toymodels.diagnostics import diagnose
-from toymodels.io import MODEL_FILE, save_toy_model
+from toymodels.io import save_toy_model
 from toymodels.lightning_module import ToyModelModule
 from toymodels.models import select_instances
 
@@ -66,7 +67,7 @@ def _finish(
     m = config.model
     model = select_instances(module.model, keep)
     distribution = module.distribution.select(keep)
-    save_toy_model(out_dir / MODEL_FILE, model, distribution, config)
+    save_toy_model(RunDir(out_dir).model, model, distribution, config)
 
     diag = diagnose(model.feature_weights)
     restart_losses = losses.view(-1, config.train.restarts)
@@ -95,8 +96,8 @@ def _finish(
         "throughput": module.throughput,
         "instances": records,
     }
-    write_json(out_dir / "metrics.json", metrics)
-    plots = _plot(model, distribution, diag, config, out_dir / "plots")
+    write_json(RunDir(out_dir).metrics, metrics)
+    plots = _plot(model, distribution, diag, config, RunDir(out_dir).plots)
     if logger is not None:
         _log_final(logger, records, plots)
     return metrics

@@ -17,8 +17,6 @@ from sae.run.engine import StepEngine
 from sae.run.errors import UsageError
 from sae.run.files import write_text
 from sae.run.guards import (
-    CHECKPOINT_DIR,
-    LAST,
     AtomicCheckpointIO,
     FiniteGuard,
     Interrupted,
@@ -26,6 +24,7 @@ from sae.run.guards import (
     StopOnSignal,
     last_checkpoint,
 )
+from sae.run.layout import RunDir
 from sae.run.progress import StepProgressBar
 from sae.run.runtime import RuntimeConfig, WandbConfig, apply_threads, make_wandb_logger
 
@@ -64,7 +63,7 @@ def fit(
         checkpoint_every=checkpoint_every,
     )
     if trainer.is_global_zero:
-        write_text(out_dir / "config.yaml", config_yaml)
+        write_text(RunDir(out_dir).config, config_yaml)
     with _matmul_precision(runtime.tf32 and trainer.strategy.root_device.type == "cuda"):
         run_fit(trainer, module, range(module.total_steps), out_dir, resume)
     return FitResult(trainer, logger, trainer.is_global_zero)
@@ -108,7 +107,7 @@ def make_trainer(
     all_callbacks += list(callbacks)
     all_callbacks.append(
         ModelCheckpoint(
-            dirpath=out_dir / CHECKPOINT_DIR,
+            dirpath=RunDir(out_dir).checkpoints,
             filename="step{step}",
             save_last=True,
             save_top_k=0,
@@ -168,7 +167,7 @@ def run_fit(
     errors."""
     ckpt = last_checkpoint(out_dir)
     if resume and not ckpt.exists():
-        raise UsageError(f"nothing to resume in {out_dir}: no {CHECKPOINT_DIR}/{LAST}")
+        raise UsageError(f"nothing to resume in {out_dir}: no {RunDir.RESUME_FROM}")
     stopper = next((c for c in trainer.callbacks if isinstance(c, StopOnSignal)), None)
     try:
         trainer.fit(module, train_dataloaders=data, ckpt_path=str(ckpt) if resume else None)

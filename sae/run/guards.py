@@ -16,9 +16,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from sae.run.errors import RunError, UsageError
 from sae.run.files import atomic_path
-
-CHECKPOINT_DIR = "checkpoints"
-LAST = "last.ckpt"
+from sae.run.layout import RunDir
 
 
 class Interrupted(RunError):
@@ -79,7 +77,7 @@ class FiniteGuard(Callback):
             ).all()
         )
         if not ok:
-            last = self.out_dir / CHECKPOINT_DIR / LAST
+            last = RunDir(self.out_dir).last_checkpoint
             kept = f"; last good checkpoint: {last}" if last.exists() else ""
             raise RunError(
                 f"training diverged: loss or weights became NaN/Inf by step {step}{kept} "
@@ -140,7 +138,7 @@ class StopOnSignal(Callback):
     def _save(self, trainer: L.Trainer) -> None:
         finite = all(bool(torch.isfinite(p).all()) for p in trainer.lightning_module.parameters())
         if finite:
-            trainer.save_checkpoint(self.out_dir / CHECKPOINT_DIR / LAST)
+            trainer.save_checkpoint(RunDir(self.out_dir).last_checkpoint)
 
 
 class RankAgreement(Callback):
@@ -160,4 +158,4 @@ class RankAgreement(Callback):
 
 
 def last_checkpoint(out_dir: Path) -> Path:
-    return Path(out_dir) / CHECKPOINT_DIR / LAST
+    return RunDir(out_dir).last_checkpoint

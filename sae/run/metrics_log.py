@@ -18,8 +18,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 from sae.run.files import write_text
-
-METRICS_LOG = "metrics.jsonl"
+from sae.run.layout import RunDir
 
 
 def log_scalars(
@@ -43,7 +42,7 @@ class MetricsFile(Callback):
     """Appends each logging step's record (``module.latest_scalars``) to ``metrics.jsonl``."""
 
     def __init__(self, out_dir: Path) -> None:
-        self.path = Path(out_dir) / METRICS_LOG
+        self.path = RunDir(out_dir).metrics_log
 
     def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         if trainer.is_global_zero and self.path.exists():  # resuming: drop what gets redone
@@ -69,7 +68,7 @@ class MetricsFile(Callback):
 def read_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
     """The records of ``out_dir/metrics.jsonl``, skipping a line cut short by a crash."""
     records = []
-    for line in (Path(out_dir) / METRICS_LOG).read_text().splitlines():
+    for line in RunDir(out_dir).metrics_log.read_text().splitlines():
         try:
             records.append(json.loads(line))
         except json.JSONDecodeError:

@@ -16,6 +16,8 @@ from typing import Any, Literal
 
 import torch
 
+from sae.run.layout import RunDir
+
 RUN_ID_ENV = "SAE_TOOLKIT_RUN_ID"
 
 
@@ -151,7 +153,7 @@ def make_wandb_logger(config: WandbConfig, out_dir: Path, run_config: dict[str, 
             file=sys.stderr,
         )
         mode = "offline"
-    (out_dir / "wandb").mkdir(parents=True, exist_ok=True)
+    RunDir(out_dir).wandb.mkdir(parents=True, exist_ok=True)
     logger = WandbLogger(
         project=config.project,
         entity=config.entity,

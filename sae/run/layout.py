@@ -1,0 +1,145 @@
+"""The one place that names the files of a run folder.
+
+Every run (toy model, SAE sweep, whole pipeline) writes into one folder; ``RunDir`` knows what
+lives where, so no other module spells a file name. An SAE sweep's folder also holds one
+``sae_<k>/`` folder per SAE (``SAEDir``); a pipeline folder holds a toy run, the exported
+activations and an SAE run (``PipelineDir``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class RunDir:
+    """A run folder and the files training and scoring write into it."""
+
+    CONFIG = "config.yaml"
+    """The resolved config; feeding it back reproduces the run."""
+    RECORD = "run.json"
+    """An SAE run's record: its SAE folders, data source, hold-out split, devices, wandb run."""
+    METRICS = "metrics.json"
+    """A toy run's final per-instance metrics."""
+    METRICS_LOG = "metrics.jsonl"
+    """Every logged scalar, one line per logging step."""
+    CHECKPOINTS = "checkpoints"
+    LAST_CHECKPOINT = "last.ckpt"
+    RESUME_FROM = f"{CHECKPOINTS}/{LAST_CHECKPOINT}"
+    """What ``--resume`` continues from, as messages name it."""
+    MODEL = "model.safetensors"
+    """A toy run's weights (the best restart of each instance) with its config."""
+    REPORT = "report.md"
+    PLOTS = "plots"
+    WANDB = "wandb"
+    MARKERS = (CONFIG, CHECKPOINTS, METRICS, MODEL, REPORT)
+    """Files whose presence means a folder already holds a run."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.root)!r})"
+
+    @property
+    def config(self) -> Path:
+        return self.root / self.CONFIG
+
+    @property
+    def record(self) -> Path:
+        return self.root / self.RECORD
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / self.METRICS
+
+    @property
+    def metrics_log(self) -> Path:
+        return self.root / self.METRICS_LOG
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / self.CHECKPOINTS
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.checkpoints / self.LAST_CHECKPOINT
+
+    @property
+    def model(self) -> Path:
+        return self.root / self.MODEL
+
+    @property
+    def report(self) -> Path:
+        return self.root / self.REPORT
+
+    @property
+    def plots(self) -> Path:
+        return self.root / self.PLOTS
+
+    @property
+    def wandb(self) -> Path:
+        return self.root / self.WANDB
+
+    def sae(self, k: int) -> SAEDir:
+        """The folder of SAE ``k`` of a sweep."""
+        return SAEDir(self.root / f"sae_{k}")
+
+    def holds_run(self) -> bool:
+        return self.root.is_dir() and any((self.root / m).exists() for m in self.MARKERS)
+
+
+class SAEDir:
+    """One SAE's folder, in SAELens's layout, with its scores beside it."""
+
+    WEIGHTS = "sae_weights.safetensors"
+    CFG = "cfg.json"
+    EVAL_STATS = "eval_stats.json"
+    COSINE_HEATMAP = "cosine_heatmap.png"
+    BEST_COSINE_HIST = "best_cosine_hist.png"
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def name(self) -> str:
+        return self.root.name
+
+    @property
+    def weights(self) -> Path:
+        return self.root / self.WEIGHTS
+
+    @property
+    def cfg(self) -> Path:
+        return self.root / self.CFG
+
+    @property
+    def eval_stats(self) -> Path:
+        return self.root / self.EVAL_STATS
+
+    @property
+    def cosine_heatmap(self) -> Path:
+        return self.root / self.COSINE_HEATMAP
+
+    @property
+    def best_cosine_hist(self) -> Path:
+        return self.root / self.BEST_COSINE_HIST
+
+
+class PipelineDir(RunDir):
+    """``sae run``'s folder: its config and report, and one folder or file per stage."""
+
+    TOY = "toy"
+    ACTIVATIONS = "activations.safetensors"
+    SAE = "sae"
+
+    @property
+    def toy(self) -> RunDir:
+        return RunDir(self.root / self.TOY)
+
+    @property
+    def activations(self) -> Path:
+        return self.root / self.ACTIVATIONS
+
+    @property
+    def sae_run(self) -> RunDir:
+        return RunDir(self.root / self.SAE)
