@@ -9,10 +9,10 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: never needs a display
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from sae.run.files import save_figure  # noqa: E402
+from sae.run.files import save_figure
 
 
 def matched_latent_order(matching: np.ndarray, n_latents: int) -> np.ndarray:

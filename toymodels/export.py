@@ -14,6 +14,9 @@ from toymodels.diagnostics import REPRESENTED_NORM
 from toymodels.io import load_toy_model
 from toymodels.models import select_instances
 
+EXPORT_CHUNK = 65_536
+"""Rows drawn at a time while exporting."""
+
 
 class ToyActivationSource:
     """Fresh activations of one toy-model instance, drawn on demand (for live SAE training)."""
@@ -76,7 +79,6 @@ def export_activations(
     out: str | Path,
     seed: int = 0,
     feature_acts: bool = True,
-    chunk: int = 65_536,
     overwrite: bool = True,
 ) -> Path:
     """Write ``samples`` activations of ``instance`` with ground truth to ``out``."""
@@ -87,8 +89,8 @@ def export_activations(
         raise UsageError(f"{out} already exists; use --overwrite to replace it")
     g = torch.Generator().manual_seed(seed)
     acts, codes = [], []
-    for start in range(0, samples, chunk):
-        h, c = source.sample(min(chunk, samples - start), g)
+    for start in range(0, samples, EXPORT_CHUNK):
+        h, c = source.sample(min(EXPORT_CHUNK, samples - start), g)
         acts.append(h)
         codes.append(c)
     info = source.info(run_dir) | {"samples": samples, "seed": seed}

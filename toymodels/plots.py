@@ -15,15 +15,15 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.cm import ScalarMappable  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.cm import ScalarMappable
 from matplotlib.collections import PolyCollection
-from matplotlib.colors import ListedColormap, Normalize  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from matplotlib.transforms import blended_transform_factory  # noqa: E402
+from matplotlib.colors import ListedColormap, Normalize
+from matplotlib.ticker import MaxNLocator
+from matplotlib.transforms import blended_transform_factory
 
-from sae.run.files import save_figure  # noqa: E402
+from sae.run.files import save_figure
 
 # (value, label) guide lines of the feature-dimensionality plot, from the paper's figure.
 DIMENSIONALITY_GUIDES: tuple[tuple[float, str], ...] = (

@@ -142,27 +142,6 @@ def config_to_yaml(config: Any) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
 
 
-def field_docs(cls: type) -> dict[str, str]:
-    """Field name -> the docstring written under it in the class body (for ``--help`` texts)."""
-    import ast
-    import inspect
-    import textwrap
-
-    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
-    body = tree.body[0].body
-    docs = {}
-    for node, after in zip(body, body[1:]):
-        if (
-            isinstance(node, ast.AnnAssign)
-            and isinstance(node.target, ast.Name)
-            and isinstance(after, ast.Expr)
-            and isinstance(after.value, ast.Constant)
-            and isinstance(after.value.value, str)
-        ):
-            docs[node.target.id] = " ".join(after.value.value.split())
-    return docs
-
-
 def _suggest(key: str, fields: dict[str, Any], prefix: str) -> str:
     close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
     return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
