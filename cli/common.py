@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -15,68 +17,100 @@ from sae.run.layout import RunDir
 
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
+_FOLDER = click.Path(file_okay=False, path_type=Path)
 
 
-def config_options(f: F) -> F:
-    """--config, --set, --out, --resume, --overwrite."""
-    f = click.option(
-        "--overwrite", is_flag=True, help="Replace an existing run in the output folder."
-    )(f)
-    f = click.option(
-        "--resume",
-        "resume_dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        help="Continue the interrupted run in this folder.",
-    )(f)
-    f = click.option(
-        "--out",
-        "out_dir",
-        type=click.Path(file_okay=False, path_type=Path),
-        default=None,
-        help="Output folder.",
-    )(f)
-    f = click.option(
+_CONFIG_OPTIONS = (
+    click.option(
+        "--config", "config_path", type=click.Path(path_type=Path), help="YAML config file."
+    ),
+    click.option(
         "--set",
         "overrides",
         multiple=True,
         metavar="KEY=VALUE",
         help="Override a config value, e.g. --set model.n_hidden=5 (repeatable).",
-    )(f)
-    f = click.option(
-        "--config",
-        "config_path",
-        type=click.Path(path_type=Path),
-        default=None,
-        help="YAML config file.",
-    )(f)
-    return f
-
-
-def device_options(f: F) -> F:
-    """--devices, --strategy, --num-nodes, --accelerator (override runtime.*)."""
-    f = click.option("--accelerator", default=None, help="cpu, gpu, cuda or auto.")(f)
-    f = click.option("--num-nodes", type=int, default=None, help="Machines taking part.")(f)
-    f = click.option(
+    ),
+    click.option("--out", "out_dir", type=_FOLDER, help="Output folder."),
+    click.option(
+        "--resume", "resume_dir", type=_FOLDER, help="Continue the interrupted run in this folder."
+    ),
+    click.option("--overwrite", is_flag=True, help="Replace an existing run in the output folder."),
+)
+_DEVICE_OPTIONS = (
+    click.option("--devices", type=int, help="Devices (processes) per node."),
+    click.option(
         "--strategy",
         type=click.Choice(["auto", "ddp", "ddp_spawn", "ddp_fork"]),
-        default=None,
         help="Lightning strategy for several devices.",
-    )(f)
-    f = click.option("--devices", type=int, default=None, help="Devices (processes) per node.")(f)
-    return f
+    ),
+    click.option("--num-nodes", type=int, help="Machines taking part."),
+    click.option("--accelerator", help="cpu, gpu, cuda or auto."),
+)
 
 
-def device_overrides(
-    devices: int | None, strategy: str | None, num_nodes: int | None, accelerator: str | None
-) -> list[str]:
-    pairs = {
-        "devices": devices,
-        "strategy": strategy,
-        "num_nodes": num_nodes,
-        "accelerator": accelerator,
-    }
-    return [f"runtime.{k}={v}" for k, v in pairs.items() if v is not None]
+@dataclass
+class RunOptions:
+    """What ``sae toy train``, ``sae train`` and ``sae run`` share: the config, its overrides,
+    the output folder and the device flags (which set ``runtime.*``)."""
+
+    config_path: Path | None
+    overrides: tuple[str, ...]
+    out_dir: Path | None
+    resume_dir: Path | None
+    overwrite: bool
+    devices: int | None
+    strategy: str | None
+    num_nodes: int | None
+    accelerator: str | None
+
+    def device_overrides(self, sections: tuple[str, ...] = ("",)) -> list[str]:
+        """``runtime.<flag>=<value>`` for each device flag given, under each of ``sections``
+        (a pipeline sets both its stages)."""
+        pairs = {
+            "devices": self.devices,
+            "strategy": self.strategy,
+            "num_nodes": self.num_nodes,
+            "accelerator": self.accelerator,
+        }
+        flags = [f"runtime.{k}={v}" for k, v in pairs.items() if v is not None]
+        return [f"{section}{flag}" for section in sections for flag in flags]
+
+    def resolve(
+        self,
+        cls: type[T],
+        extra: list[str] = (),
+        *,
+        sections: tuple[str, ...] = ("",),
+        prepare: bool = True,
+        needs_checkpoint: bool = False,
+    ) -> tuple[T, Path, bool]:
+        """``resolve_run`` with the --set overrides, then the device flags, then ``extra``;
+        ``needs_checkpoint``: a resumed run must have its checkpoint."""
+        overrides = list(self.overrides) + self.device_overrides(sections) + list(extra)
+        config, out, resuming = resolve_run(
+            cls, self.config_path, overrides, self.out_dir, self.resume_dir, self.overwrite, prepare
+        )
+        if resuming and needs_checkpoint:
+            require_checkpoint(out)
+        return config, out, resuming
+
+
+def run_options(*between: Callable[[F], F]) -> Callable[[F], F]:
+    """The options of a run command, passed to it as one ``RunOptions`` (its first argument):
+    the config options, then the command's own options ``between``, then the device flags."""
+
+    def decorate(f: F) -> F:
+        @functools.wraps(f)
+        def command(**kwargs: Any) -> Any:
+            run = RunOptions(**{k: kwargs.pop(k) for k in RunOptions.__dataclass_fields__})
+            return f(run, **kwargs)
+
+        for option in reversed(_CONFIG_OPTIONS + between + _DEVICE_OPTIONS):
+            command = option(command)
+        return command  # type: ignore[return-value]
+
+    return decorate
 
 
 def resolve_run(

@@ -6,13 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import (
-    config_options,
-    device_options,
-    device_overrides,
-    require_checkpoint,
-    resolve_run,
-)
+from cli.common import RunOptions, run_options
 
 
 @click.group()
@@ -21,29 +15,13 @@ def toy() -> None:
 
 
 @toy.command("train")
-@config_options
-@device_options
-def train(
-    config_path: Path | None,
-    overrides: tuple[str, ...],
-    out_dir: Path | None,
-    resume_dir: Path | None,
-    overwrite: bool,
-    devices: int | None,
-    strategy: str | None,
-    num_nodes: int | None,
-    accelerator: str | None,
-) -> None:
+@run_options()
+def train(run: RunOptions) -> None:
     """Train a batch of toy models; write config.yaml, model.safetensors, metrics.json, plots/."""
     from toymodels.config import ToyConfig
     from toymodels.train import train_toy
 
-    overrides = list(overrides) + device_overrides(devices, strategy, num_nodes, accelerator)
-    config, out, resuming = resolve_run(
-        ToyConfig, config_path, overrides, out_dir, resume_dir, overwrite
-    )
-    if resuming:
-        require_checkpoint(out)
+    config, out, resuming = run.resolve(ToyConfig, needs_checkpoint=True)
     metrics = train_toy(config, out, resume=resuming)
     if metrics is not None:
         for r in metrics["instances"]:
