@@ -12,6 +12,7 @@ import torch
 
 from sae.run.errors import UsageError
 from sae.run.layout import RunDir
+from sae.run.seeding import TOY_SCORING_SEED
 
 TABLE_KEYS = [
     "represented/mcc",
@@ -22,7 +23,6 @@ TABLE_KEYS = [
     "sae_l0",
     "dead_latents",
 ]
-TOY_EVAL_SEED = 2**31 - 1  # the live stream seeds through shard_seed; this one is never drawn
 
 
 @click.command("eval")
@@ -159,7 +159,7 @@ def _ground_truth(
     toy = ToyActivationSource(config.data.toy_dir, config.data.toy_instance)
 
     def toy_batches() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
-        g = torch.Generator().manual_seed(TOY_EVAL_SEED)
+        g = torch.Generator().manual_seed(TOY_SCORING_SEED)
         for i in range(0, samples, batch_size):
             yield toy.sample(min(batch_size, samples - i), g)
 

@@ -11,6 +11,7 @@ from sae.config import SAERunConfig
 from sae.run.config_io import config_to_yaml
 from sae.run.files import write_text
 from sae.run.layout import PipelineDir, RunDir
+from sae.run.seeding import PIPELINE_EXPORT_SEED
 from toymodels.config import ToyConfig
 
 
@@ -22,7 +23,7 @@ class ExportConfig:
     """Toy-model instance to export."""
     samples: int = 100_000
     """Rows in the activation file (the SAE run holds out its last data.holdout_fraction)."""
-    seed: int = 12345
+    seed: int = PIPELINE_EXPORT_SEED
     """Seed of the exported input stream."""
 
     def validate(self) -> None:

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from sae.activations import ActivationFile
-from sae.run.seeding import shard_seed
+from sae.run.seeding import epoch_permutation_seed, sample_seed, shard_seed
 
 
 class ActivationSource(Protocol):
@@ -107,7 +107,7 @@ class FileSource:
     def _permutation(self, epoch: int) -> np.ndarray:
         cached_epoch, perm = self._cached
         if cached_epoch != epoch:
-            rng = np.random.default_rng(shard_seed(self.seed, epoch, 0x5EED))
+            rng = np.random.default_rng(epoch_permutation_seed(self.seed, epoch))
             perm = rng.permutation(self.n_train)
             self._cached = (epoch, perm)
         return perm
@@ -156,7 +156,7 @@ class FileSource:
         return torch.index_select(rows, 0, torch.from_numpy(inverse), out=out)
 
     def sample(self, n: int, seed: int, device: torch.device) -> Tensor:
-        rng = np.random.default_rng(shard_seed(seed, 0, 0xC0FFEE))
+        rng = np.random.default_rng(sample_seed(seed))
         index = np.sort(rng.choice(self.n_train, size=min(n, self.n_train), replace=False))
         return self.file.rows(index).to(device)
 
@@ -262,4 +262,4 @@ class GeneratedSource:
         return self.draw(size, self._gen(device, shard_seed(self.seed, step, shard)))
 
     def sample(self, n: int, seed: int, device: torch.device) -> Tensor:
-        return self.draw(n, self._gen(device, shard_seed(seed, 0, 0xC0FFEE)))
+        return self.draw(n, self._gen(device, sample_seed(seed)))

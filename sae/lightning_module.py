@@ -18,7 +18,12 @@ from sae.run.config_io import config_to_dict, from_dict
 from sae.run.engine import StepEngine
 from sae.run.metrics_log import log_scalars
 from sae.run.schedules import lr_lambda, warmup_factor
-from sae.run.seeding import rank_blocks, shard_seed
+from sae.run.seeding import (
+    draw_rank_batch,
+    rank_blocks,
+    resample_directions_seed,
+    resample_inputs_seed,
+)
 
 
 class SAEModule(StepEngine):
@@ -66,12 +71,13 @@ class SAEModule(StepEngine):
     # -- data ----------------------------------------------------------------------------
     def draw_batch(self, step: int) -> Tensor:
         assert self.source is not None, "SAEModule needs an activation source to train"
-        t = self.config.train
-        shards, size = rank_blocks(
-            t.data_shards, t.batch_size, self.trainer.world_size, self.global_rank
+        t, source = self.config.train, self.source
+        x = draw_rank_batch(
+            lambda shard, rows: source.block(step, shard, rows, self.device),
+            t.data_shards,
+            t.batch_size,
+            *self.world_and_rank(),
         )
-        parts = [self.source.block(step, s, size, self.device) for s in shards]
-        x = parts[0] if len(parts) == 1 else torch.cat(parts)
         return x.to(self.sae.W_enc.dtype) * self.input_scale
 
     @torch.no_grad()
@@ -96,9 +102,7 @@ class SAEModule(StepEngine):
     def on_train_start(self) -> None:
         super().on_train_start()
         t = self.config.train
-        shards, size = rank_blocks(
-            t.data_shards, t.batch_size, self.trainer.world_size, self.global_rank
-        )
+        shards, size = rank_blocks(t.data_shards, t.batch_size, *self.world_and_rank())
         self.source.prepare(self.device, shards, size, self.global_step, t.steps)
 
     # -- training -----------------------------------------------------------------------
@@ -146,11 +150,13 @@ class SAEModule(StepEngine):
         counts = self.trainer.strategy.reduce(self.window_fired.clone(), reduce_op="sum")
         dead = counts == 0
         r, c = self.config.resample, self.config
-        inputs = self.source.sample(r.samples, shard_seed(c.train.data_seed, step, 77), self.device)
+        inputs = self.source.sample(
+            r.samples, resample_inputs_seed(c.train.data_seed, step), self.device
+        )
         # One generator per instance, from the instance's own seed: a sweep member resamples
         # exactly as it would if trained alone.
         generator = [
-            torch.Generator().manual_seed(shard_seed(seed, step, 99))
+            torch.Generator().manual_seed(resample_directions_seed(seed, step))
             for seed in c.sweep.expanded()[2]
         ]
         optimizer = self.optimizers().optimizer

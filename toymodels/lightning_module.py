@@ -13,7 +13,7 @@ from sae.run.config_io import config_to_dict, from_dict
 from sae.run.engine import StepEngine
 from sae.run.metrics_log import log_scalars
 from sae.run.schedules import lr_lambda
-from sae.run.seeding import rank_blocks, shard_seed
+from sae.run.seeding import draw_rank_batch, shard_seed, toy_eval_seed
 from toymodels.config import ToyConfig
 from toymodels.data import FeatureDistribution
 from toymodels.diagnostics import diagnose
@@ -42,16 +42,17 @@ class ToyModelModule(StepEngine):
         """This rank's share of global batch ``step``: blocks of a seeded stream, so any
         device count that divides ``data_shards`` sees the same global batch."""
         train = self.config.train
-        world = self.trainer.world_size if self._trainer is not None else 1
-        rank = self.global_rank if self._trainer is not None else 0
-        shards, block = rank_blocks(train.data_shards, train.batch_size, world, rank)
         if self._generator is None or self._generator.device != self.device:
             self._generator = torch.Generator(device=self.device)
-        parts = []
-        for shard in shards:
-            self._generator.manual_seed(shard_seed(train.seed, step, shard))
-            parts.append(self.distribution.sample(block, self._generator))
-        return parts[0] if len(parts) == 1 else torch.cat(parts)
+        g = self._generator
+        return draw_rank_batch(
+            lambda shard, rows: self.distribution.sample(
+                rows, g.manual_seed(shard_seed(train.seed, step, shard))
+            ),
+            train.data_shards,
+            train.batch_size,
+            *self.world_and_rank(),
+        )
 
     def per_instance_loss(self, x: Tensor) -> Tensor:
         out = self.model(x).output
@@ -83,7 +84,7 @@ class ToyModelModule(StepEngine):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
     @torch.no_grad()
-    def evaluate(self, samples: int, seed_offset: int = 1_000_003) -> Tensor:
+    def evaluate(self, samples: int) -> Tensor:
         """Per-instance loss [instances] on fresh samples from a stream training never uses."""
         g = torch.Generator(device=self.device)
         total = torch.zeros(self.distribution.n_instances, device=self.device, dtype=torch.float64)
@@ -94,7 +95,7 @@ class ToyModelModule(StepEngine):
         done, i = 0, 0
         while done < samples:
             n = min(chunk, samples - done)
-            g.manual_seed(shard_seed(self.config.train.seed + seed_offset, i, 0))
+            g.manual_seed(toy_eval_seed(self.config.train.seed, i))
             total += self.per_instance_loss(self.distribution.sample(n, g)).double() * n
             done, i = done + n, i + 1
         return (total / samples).float()

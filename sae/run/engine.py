@@ -59,6 +59,12 @@ class StepEngine(L.LightningModule):
     def after_chunk(self, done: int) -> None:
         """``done`` steps are finished and ``done`` is an event boundary."""
 
+    def world_and_rank(self) -> tuple[int, int]:
+        """(processes in the run, this one's rank); (1, 0) outside a trainer."""
+        if self._trainer is None:
+            return 1, 0
+        return self.trainer.world_size, self.global_rank
+
     # -- the loop ------------------------------------------------------------------------
     def chunk_length(self, start: int, k: int) -> int:
         """Steps of the call that starts at ``start``: at most ``k``, ending no later than the

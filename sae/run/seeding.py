@@ -2,8 +2,15 @@
 
 Seeding by step instead of carrying generator state means a resumed run draws exactly the
 batches an uninterrupted one would, and every rank can find its block of the global batch
-without talking to the others.
+without talking to the others. The named streams below are every seed the project draws.
 """
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
 
 _MASK = (1 << 63) - 1
 
@@ -26,3 +33,58 @@ def rank_blocks(
     shards = data_shards or world
     per_rank = shards // world
     return range(rank * per_rank, (rank + 1) * per_rank), batch_size // shards
+
+
+def draw_rank_batch(
+    draw: Callable[[int, int], Tensor],
+    data_shards: int | None,
+    batch_size: int,
+    world: int,
+    rank: int,
+) -> Tensor:
+    """This rank's share of one global batch: ``draw(shard, rows)`` for each of its blocks (see
+    ``rank_blocks``), stacked in block order. Both trainings draw their batches through this."""
+    shards, rows = rank_blocks(data_shards, batch_size, world, rank)
+    parts = [draw(shard, rows) for shard in shards]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
+# -- named streams ------------------------------------------------------------------------------
+# Every seeded stream of the project, named. The salts are part of the results (changing one
+# changes every number a run produces), so they are fixed here and nowhere else.
+
+EPOCH_PERMUTATION = 0x5EED
+"""Block slot of an activation file's per-epoch row permutation (seeded by ``train.data_seed``)."""
+SAMPLE = 0xC0FFEE
+"""Block slot of a source's seed-keyed sample stream (b_dec init, resampling candidates)."""
+RESAMPLE_INPUTS = 77
+"""Block slot of the seed of the candidate inputs scored at a resample step."""
+RESAMPLE_DIRECTIONS = 99
+"""Block slot of an SAE instance's generator at a resample step (from the instance's seed)."""
+TOY_EVAL_OFFSET = 1_000_003
+"""Added to ``train.seed`` for the toy model's final-evaluation stream (never used in training)."""
+TOY_SCORING_SEED = 2**31 - 1
+"""Seed of the fresh toy inputs that score an SAE trained live on a toy model (training draws
+through ``shard_seed``, never from a generator seeded with this)."""
+PIPELINE_EXPORT_SEED = 12345
+"""Default seed of the input stream ``sae run`` exports activations from."""
+
+
+def epoch_permutation_seed(data_seed: int, epoch: int) -> int:
+    return shard_seed(data_seed, epoch, EPOCH_PERMUTATION)
+
+
+def sample_seed(seed: int) -> int:
+    return shard_seed(seed, 0, SAMPLE)
+
+
+def resample_inputs_seed(data_seed: int, step: int) -> int:
+    return shard_seed(data_seed, step, RESAMPLE_INPUTS)
+
+
+def resample_directions_seed(instance_seed: int, step: int) -> int:
+    return shard_seed(instance_seed, step, RESAMPLE_DIRECTIONS)
+
+
+def toy_eval_seed(train_seed: int, chunk: int) -> int:
+    return shard_seed(train_seed + TOY_EVAL_OFFSET, chunk, 0)
