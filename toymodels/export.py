@@ -48,15 +48,10 @@ class ToyActivationSource:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(activations [B, d], true codes [B, n_ground]) for ``batch_size`` fresh inputs."""
         x = self.distribution.sample(batch_size, generator)
-        h = self.model(x).hidden[:, 0]
-        codes = x[:, 0]
-        if self.model.kind == "abs":
-            codes = torch.cat([codes.clamp_min(0), (-codes).clamp_min(0)], dim=-1)
-        return h, codes
+        return self.model(x).hidden[:, 0], self.model.true_codes(x)[:, 0]
 
     def feature_probability(self) -> torch.Tensor:
-        p = self.distribution.probability[0].cpu()
-        return torch.cat([p / 2, p / 2]) if self.model.kind == "abs" else p
+        return self.model.ground_truth_probability(self.distribution.probability[0].cpu())
 
     def represented(self) -> torch.Tensor:
         return self.ground_truth.norm(dim=-1).cpu() > REPRESENTED_NORM

@@ -70,6 +70,6 @@ def load_toy_model(run_dir: str | Path) -> LoadedToy:
         config.data.correlated_sets,
         config.data.anticorrelated_sets,
         config.data.set_size,
-        signed=m.kind == "abs",
+        signed=model.signed_inputs,
     )
     return LoadedToy(model, distribution, config)

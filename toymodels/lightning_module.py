@@ -34,7 +34,7 @@ class ToyModelModule(StepEngine):
             m.kind, config.n_instances * restarts, m.n_features, m.n_hidden, config.train.seed
         )
         self.distribution = FeatureDistribution.from_config(
-            config.data, m.n_features, repeats_each=restarts, signed=m.kind == "abs"
+            config.data, m.n_features, repeats_each=restarts, signed=self.model.signed_inputs
         )
         self._generator: torch.Generator | None = None
 

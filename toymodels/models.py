@@ -32,7 +32,15 @@ def xavier_normal(
 
 
 class TiedToyModel(nn.Module):
-    """linear, relu_output and relu_hidden: one tied W [instances, n_features, n_hidden]."""
+    """linear, relu_output and relu_hidden: one tied W [instances, n_features, n_hidden].
+
+    Every model answers for itself what the rest of the toolkit needs to know about it:
+    ``signed_inputs`` (features drawn from [−1, 1] instead of [0, 1]), ``privileged_basis`` (a
+    ReLU hidden layer, so neuron plots apply), ``ground_truth`` (the directions an SAE should
+    find), ``true_codes`` and ``ground_truth_probability`` (each direction's codes and how
+    often it is active)."""
+
+    signed_inputs = False
 
     def __init__(
         self, kind: ToyKind, n_instances: int, n_features: int, n_hidden: int, seed: int = 0
@@ -42,6 +50,7 @@ class TiedToyModel(nn.Module):
             raise ValueError(f"TiedToyModel cannot be {kind!r}")
         g = torch.Generator().manual_seed(seed)
         self.kind = kind
+        self.privileged_basis = kind == "relu_hidden"
         self.W = nn.Parameter(
             xavier_normal((n_instances, n_features, n_hidden), n_features, n_hidden, g)
         )
@@ -78,12 +87,22 @@ class TiedToyModel(nn.Module):
             W = torch.relu(W)
         return W, [str(i) for i in range(W.shape[1])]
 
+    def true_codes(self, x: Tensor) -> Tensor:
+        """[batch, instances, n_ground]: how strongly each ground-truth direction is present."""
+        return x
+
+    def ground_truth_probability(self, p: Tensor) -> Tensor:
+        """How often each ground-truth direction is active, from the features' probabilities."""
+        return p
+
 
 class AbsValueModel(nn.Module):
     """Computes |x|: h = ReLU(W₁x), y' = ReLU(W₂h + b). W1 [inst, n_features, n_hidden],
     W2 [inst, n_hidden, n_features]."""
 
     kind = "abs"
+    signed_inputs = True
+    privileged_basis = True
 
     def __init__(self, n_instances: int, n_features: int, n_hidden: int, seed: int = 0) -> None:
         super().__init__()
@@ -116,6 +135,14 @@ class AbsValueModel(nn.Module):
         directions = torch.cat([torch.relu(W), torch.relu(-W)], dim=1)
         names = [f"{i}+" for i in range(n)] + [f"{i}-" for i in range(n)]
         return directions, names
+
+    def true_codes(self, x: Tensor) -> Tensor:
+        """'i+' carries max(x_i, 0) and 'i-' carries max(−x_i, 0)."""
+        return torch.cat([x.clamp_min(0), (-x).clamp_min(0)], dim=-1)
+
+    def ground_truth_probability(self, p: Tensor) -> Tensor:
+        """x_i is symmetric about 0: each half-direction is active half as often."""
+        return torch.cat([p / 2, p / 2])
 
 
 ToyModel = TiedToyModel | AbsValueModel

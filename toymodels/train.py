@@ -123,7 +123,7 @@ def _plot(
             folder / f"feature_norms_instance{k}.png",
             title,
         )
-        if config.model.kind in ("relu_hidden", "abs"):
+        if model.privileged_basis:
             made[f"neuron_stack_instance{k}"] = plots.plot_neuron_stack(
                 W[k], folder / f"neuron_stack_instance{k}.png", title
             )
