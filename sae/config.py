@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sae.recipes import get_recipe
 from sae.run.runtime import RuntimeConfig, WandbConfig, check_data_shards
 
 
@@ -193,4 +194,4 @@ class SAERunConfig:
     def grad_clip(self) -> float | None:
         if self.train.grad_clip is not None:
             return self.train.grad_clip
-        return 1.0 if self.sae.recipe == "april2024" else None
+        return get_recipe(self.sae.recipe).default_grad_clip

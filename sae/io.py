@@ -12,6 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from sae.model import SparseAutoencoder
+from sae.recipes import DEFAULT_RECIPE
 from sae.run.errors import UsageError
 from sae.run.files import atomic_path, write_json
 from sae.run.layout import SAEDir
@@ -60,6 +61,7 @@ def load_sae(folder: str | Path) -> LoadedSAE:
         or w["b_dec"].shape != (d_in,)
     ):
         raise UsageError(f"{weights_path}: tensor shapes do not fit W_enc {list(w['W_enc'].shape)}")
-    sae = SparseAutoencoder(1, d_in, d_sae, cfg.get("recipe", "april2024"), tied=False, seeds=[0])
+    recipe = cfg.get("recipe", DEFAULT_RECIPE)
+    sae = SparseAutoencoder(1, d_in, d_sae, recipe, tied=False, seeds=[0])
     sae.load_state_dict({k: w[k][None] for k in ("W_enc", "W_dec", "b_enc", "b_dec")})
     return LoadedSAE(sae, cfg)

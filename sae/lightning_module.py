@@ -127,12 +127,10 @@ class SAEModule(StepEngine):
         return per_instance.sum()
 
     def before_update(self, step: int) -> None:
-        if self.config.sae.recipe == "constrained":
-            self.sae.remove_parallel_decoder_grad()
+        self.sae.rules.before_update(self.sae)
 
     def after_update(self, step: int) -> None:
-        if self.config.sae.recipe == "constrained":
-            self.sae.normalize_decoder()
+        self.sae.rules.after_update(self.sae)
 
     def after_chunk(self, done: int) -> None:
         r = self.config.resample

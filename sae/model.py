@@ -12,6 +12,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from sae.recipes import DEFAULT_RECIPE, Recipe, get_recipe
+
 
 class SAEOutput(NamedTuple):
     x_hat: Tensor
@@ -30,13 +32,15 @@ class SparseAutoencoder(nn.Module):
         n_instances: int,
         d_in: int,
         d_sae: int,
-        recipe: str = "april2024",
+        recipe: str = DEFAULT_RECIPE,
         tied: bool = False,
         seeds: list[int] | None = None,
         decoder_init_norm: float = 0.1,
     ) -> None:
         super().__init__()
         self.recipe, self.tied = recipe, tied
+        self.rules: Recipe = get_recipe(recipe)
+        """What the recipe decides (init norm, penalty, step constraint, resampling norm)."""
         self.n_instances, self.d_in, self.d_sae = n_instances, d_in, d_sae
         seeds = seeds if seeds is not None else list(range(n_instances))
         # Each instance draws from its own seed, so a sweep equals its members trained alone.
@@ -44,8 +48,7 @@ class SparseAutoencoder(nn.Module):
             [torch.randn(d_sae, d_in, generator=torch.Generator().manual_seed(s)) for s in seeds]
         )
         directions = directions / directions.norm(dim=-1, keepdim=True)
-        norm = decoder_init_norm if recipe == "april2024" else 1.0
-        W_dec = directions * norm
+        W_dec = directions * self.rules.decoder_init_norm(decoder_init_norm)
         self.W_enc = nn.Parameter(W_dec.transpose(1, 2).contiguous())
         self.W_dec = None if tied else nn.Parameter(W_dec.clone())
         self.b_enc = nn.Parameter(torch.zeros(n_instances, d_sae))
@@ -72,13 +75,10 @@ class SparseAutoencoder(nn.Module):
         codes = self.encode(x)
         x_hat = self.decode(codes)
         reconstruction = (x_hat - x).square().sum(-1).mean(-1)
-        if self.recipe == "april2024":
-            sparsity = (codes.sum(1) * self.decoder.norm(dim=-1)).sum(-1) / x.shape[0]
-        else:
-            sparsity = codes.sum(dim=(1, 2)) / x.shape[0]
+        sparsity = self.rules.sparsity(codes, self.decoder) / x.shape[0]
         return SAEOutput(x_hat, codes, reconstruction, sparsity)
 
-    # -- constrained recipe ---------------------------------------------------------------
+    # -- the constrained recipe's step constraint (sae.recipes.Constrained) -----------------
     @torch.no_grad()
     def remove_parallel_decoder_grad(self) -> None:
         """Project out the gradient component along each (unit) decoder row."""

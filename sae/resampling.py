@@ -12,7 +12,8 @@ vectors from the same inputs and the same seeded generator, so no weights need t
   touched rows reset.
 
 Decoder rows are set to the mean alive decoder norm of their instance (1 under the constrained
-recipe), so the april2024 sparsity penalty of a revived latent starts like its neighbours'.
+recipe: ``Recipe.resampled_decoder_norm``), so the april2024 sparsity penalty of a revived
+latent starts like its neighbours'.
 """
 
 from __future__ import annotations
@@ -74,8 +75,7 @@ def resample_dead_latents(
     n_alive = alive.sum(-1).clamp_min(1)
     mean_dec = torch.where(alive.any(-1), (dec_norm * alive).sum(-1) / n_alive, 1.0)
     mean_enc = torch.where(alive.any(-1), (enc_norm * alive).sum(-1) / n_alive, 1.0)
-    if sae.recipe == "constrained":
-        mean_dec = torch.ones_like(mean_dec)
+    mean_dec = sae.rules.resampled_decoder_norm(mean_dec)
 
     mask = dead[..., None]  # [I, L, 1]
     new_dec = directions * mean_dec[:, None, None]
