@@ -15,7 +15,7 @@ from sae.model import SparseAutoencoder
 from sae.optim import InstanceAdam
 from sae.resampling import resample_dead_latents
 from sae.run.config_io import config_to_dict, from_dict
-from sae.run.engine import StepEngine
+from sae.run.engine import StepEngine, StepOutput
 from sae.run.metrics_log import log_scalars
 from sae.run.schedules import lr_lambda, warmup_factor
 from sae.run.seeding import (
@@ -106,7 +106,7 @@ class SAEModule(StepEngine):
         self.source.prepare(self.device, shards, size, self.global_step, t.steps)
 
     # -- training -----------------------------------------------------------------------
-    def train_step(self, step: int) -> Tensor:
+    def train_step(self, step: int) -> StepOutput:
         x = self.draw_batch(step)
         out = self.sae(x)
         l1 = self.l1_coefficient * warmup_factor(step, self.config.train.l1_warmup_steps)
@@ -123,8 +123,9 @@ class SAEModule(StepEngine):
         self.log_samples += x.shape[0]
         # Log after every log_every-th step (steps 9, 19, ... for 10), stamped with this step.
         if (step + 1) % self.config.train.log_every == 0:
-            self._log_metrics(step, x, out, per_instance, l1)
-        return per_instance.sum()
+            scalars, firing = self._log_metrics(step, x, out, per_instance, l1)
+            return StepOutput(per_instance.sum(), scalars, firing)
+        return StepOutput(per_instance.sum())
 
     def before_update(self, step: int) -> None:
         self.sae.rules.before_update(self.sae)
@@ -173,7 +174,9 @@ class SAEModule(StepEngine):
 
     def _log_metrics(
         self, step: int, x: Tensor, out: Any, per_instance: Tensor, l1: Tensor
-    ) -> None:
+    ) -> tuple[dict[str, float], Tensor]:
+        """Log this step's scalars; returns them and the firing frequency since the last
+        logging step ([instances, d_sae], on the CPU)."""
         counts = self.trainer.strategy.reduce(self.log_fired.clone(), reduce_op="sum")
         samples = self.trainer.strategy.reduce(self.log_samples.clone(), reduce_op="sum")
         resid = (out.x_hat - x).square().sum(dim=(1, 2))
@@ -195,10 +198,11 @@ class SAEModule(StepEngine):
                 f"lr/instance_{k}": lr_now[k],
                 f"resampled/instance_{k}": self.resampled_total[k],
             }
-        log_scalars(self, metrics, step)
-        self.firing_frequency = (counts / samples.clamp_min(1)).cpu()
+        scalars = log_scalars(self, metrics, step)
+        firing = (counts / samples.clamp_min(1)).cpu()
         self.log_fired.zero_()
         self.log_samples.zero_()
+        return scalars, firing
 
     def configure_optimizers(self) -> Any:
         t = self.config.train

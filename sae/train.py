@@ -12,6 +12,7 @@ from sae.data import ActivationSource
 from sae.io import save_sae
 from sae.lightning_module import SAEModule
 from sae.run.config_io import config_to_dict, config_to_yaml
+from sae.run.engine import StepOutput
 from sae.run.files import write_json
 from sae.run.fit import fit
 from sae.run.layout import RunDir
@@ -31,7 +32,7 @@ def train_saes(
     out_dir = Path(out_dir)
     module = SAEModule(config, source.d, source)
     try:
-        trainer, logger, is_global_zero = fit(
+        result = fit(
             module,
             config.runtime,
             config.wandb,
@@ -45,19 +46,17 @@ def train_saes(
         )
     finally:
         source.close()  # stops a prefetching thread, frees device-resident rows
-    if not is_global_zero:
+    if not result.is_global_zero:
         return None
     folders = save_instances(module, config, out_dir, source_info or {})
     run_record = {
         "instances": [f.name for f in folders],
         "source": source_info or {},
-        "world_size": getattr(module, "world_size", 1),
-        "ranks_identical": getattr(module, "ranks_identical", True),
-        "throughput": module.throughput,
-        "wandb": wandb_run_info(logger),
+        **result.run_facts(),
+        "wandb": wandb_run_info(result.logger),
     }
     write_json(RunDir(out_dir).record, run_record)
-    finish_wandb(logger)
+    finish_wandb(result.logger)
     return folders
 
 
@@ -93,10 +92,10 @@ class FiringHistogram(Callback):
     def on_train_batch_end(
         self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        freq = getattr(module, "firing_frequency", None)
+        out = StepOutput.of(outputs)
+        freq = out.firing_frequency if out is not None else None
         if freq is None or not trainer.is_global_zero or trainer.logger is None:
             return
-        module.firing_frequency = None
         import numpy as np
         import wandb
 

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from sae.run.config_io import config_to_dict, from_dict
-from sae.run.engine import StepEngine
+from sae.run.engine import StepEngine, StepOutput
 from sae.run.metrics_log import log_scalars
 from sae.run.schedules import lr_lambda
 from sae.run.seeding import draw_rank_batch, shard_seed, toy_eval_seed
@@ -58,22 +58,22 @@ class ToyModelModule(StepEngine):
         out = self.model(x).output
         return weighted_loss(out, self.model.target(x), self.distribution.importance)
 
-    def train_step(self, step: int) -> Tensor:
+    def train_step(self, step: int) -> StepOutput:
         per_instance = self.per_instance_loss(self.draw_batch(step))
         loss = per_instance.sum()
         # Log after every log_every-th step (steps 9, 19, ... for 10), stamped with this step.
         if (step + 1) % self.config.train.log_every == 0:
-            self._log_metrics(step, loss, per_instance)
-        return loss
+            return StepOutput(loss, self._log_metrics(step, loss, per_instance))
+        return StepOutput(loss)
 
-    def _log_metrics(self, step: int, loss: Tensor, per_instance: Tensor) -> None:
+    def _log_metrics(self, step: int, loss: Tensor, per_instance: Tensor) -> dict[str, float]:
         diag = diagnose(self.model.feature_weights)
         metrics: dict[str, Tensor] = {"train/loss": loss.detach()}
         for k in range(per_instance.shape[0]):
             metrics[f"loss/instance_{k}"] = per_instance[k].detach()
             metrics[f"n_represented/instance_{k}"] = diag.n_represented[k].float()
             metrics[f"dims_per_feature/instance_{k}"] = diag.dims_per_feature[k]
-        log_scalars(self, metrics, step)
+        return log_scalars(self, metrics, step)
 
     def configure_optimizers(self) -> Any:
         o = self.config.optim

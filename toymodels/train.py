@@ -9,7 +9,7 @@ import torch
 
 from sae.run.config_io import config_to_dict, config_to_yaml
 from sae.run.files import write_json
-from sae.run.fit import fit
+from sae.run.fit import FitResult, fit
 from sae.run.layout import RunDir
 from sae.run.metrics_log import MetricsFile
 from sae.run.runtime import finish_wandb
@@ -32,7 +32,7 @@ def train_toy(
     """
     out_dir = Path(out_dir)
     module = ToyModelModule(config)
-    trainer, logger, is_global_zero = fit(
+    result = fit(
         module,
         config.runtime,
         config.wandb,
@@ -44,13 +44,14 @@ def train_toy(
         checkpoint_every=config.train.checkpoint_every,
         callbacks=[MetricsFile(out_dir)],
     )
-    if not is_global_zero:
+    if not result.is_global_zero:
         return None
     # The final evaluation runs where training ran (Lightning hands the module back on the CPU).
-    losses = module.to(trainer.strategy.root_device).evaluate(config.train.eval_samples).cpu()
-    result = _finish(module.cpu(), losses, config, out_dir, logger)
-    finish_wandb(logger)
-    return result
+    device = result.trainer.strategy.root_device
+    losses = module.to(device).evaluate(config.train.eval_samples).cpu()
+    metrics = _finish(module.cpu(), losses, config, out_dir, result)
+    finish_wandb(result.logger)
+    return metrics
 
 
 def select_restarts(losses: torch.Tensor, restarts: int) -> torch.Tensor:
@@ -61,7 +62,11 @@ def select_restarts(losses: torch.Tensor, restarts: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _finish(
-    module: ToyModelModule, losses: torch.Tensor, config: ToyConfig, out_dir: Path, logger: Any
+    module: ToyModelModule,
+    losses: torch.Tensor,
+    config: ToyConfig,
+    out_dir: Path,
+    result: FitResult,
 ) -> dict[str, Any]:
     keep = select_restarts(losses, config.train.restarts)
     m = config.model
@@ -91,15 +96,13 @@ def _finish(
         )
     metrics = {
         "kind": m.kind,
-        "world_size": getattr(module, "world_size", 1),
-        "ranks_identical": getattr(module, "ranks_identical", True),
-        "throughput": module.throughput,
+        **result.run_facts(),
         "instances": records,
     }
     write_json(RunDir(out_dir).metrics, metrics)
     plots = _plot(model, distribution, diag, config, RunDir(out_dir).plots)
-    if logger is not None:
-        _log_final(logger, records, plots)
+    if result.logger is not None:
+        _log_final(result.logger, records, plots)
     return metrics
 
 

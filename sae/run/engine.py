@@ -8,15 +8,16 @@ per call, and results do not depend on ``k`` (bit for bit). ``k`` comes from
 ``runtime.steps_per_call``, or, when that is None, from the measured cost of a step: enough
 steps to fill about ``CALL_SECONDS`` of work per call.
 
-A subclass implements ``train_step(step) -> loss`` (draw the batch, forward, log on logging
-steps) and may hook ``before_update`` (gradients ready), ``after_update`` (weights updated) and
-``after_chunk`` (at a boundary: resampling).
+A subclass implements ``train_step(step) -> StepOutput`` (draw the batch, forward, log on
+logging steps) and may hook ``before_update`` (gradients ready), ``after_update`` (weights
+updated) and ``after_chunk`` (at a boundary: resampling).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import lightning as L
@@ -27,6 +28,24 @@ CALL_SECONDS = 0.05
 """Work per Lightning call that automatic ``k`` aims for: Lightning's cost is then ~1%."""
 MAX_STEPS_PER_CALL = 10_000
 CALIBRATION_STEPS = 8
+
+
+@dataclass
+class StepOutput:
+    """What one optimizer step hands back to the engine, and a chunk to its callbacks (Lightning
+    passes ``training_step``'s ``{"loss": ..., "step": StepOutput}`` to ``on_train_batch_end``;
+    ``StepOutput.of(outputs)`` reads it there)."""
+
+    loss: Tensor
+    """The scalar loss, before its backward pass (detached once the chunk is done)."""
+    scalars: dict[str, float] | None = None
+    """On a logging step: the logged record (``"step"`` first), for ``metrics.jsonl``."""
+    firing_frequency: Tensor | None = None
+    """On an SAE logging step: [instances, d_sae] firing frequency since the last one (CPU)."""
+
+    @staticmethod
+    def of(outputs: Any) -> StepOutput | None:
+        return outputs.get("step") if isinstance(outputs, dict) else None
 
 
 class StepEngine(L.LightningModule):
@@ -40,14 +59,16 @@ class StepEngine(L.LightningModule):
         self.event_periods = tuple(p for p in event_periods if p > 0)
         self.steps_per_call = steps_per_call
         self._calls = 0
+        self._chosen_steps_per_call = 1
         self._timed_from: tuple[float, int] | None = None
         self.throughput: dict[str, float] | None = None
         """Steady-state training speed after fit (steps after the first call): ``steps``,
         ``seconds``, ``steps_per_second``, ``steps_per_call``."""
 
     # -- what a subclass provides --------------------------------------------------------
-    def train_step(self, step: int) -> Tensor:
-        """The scalar loss of optimizer step ``step`` (0-based), before its backward pass."""
+    def train_step(self, step: int) -> StepOutput:
+        """The loss of optimizer step ``step`` (0-based), before its backward pass, and what a
+        logging step logged."""
         raise NotImplementedError
 
     def before_update(self, step: int) -> None:
@@ -74,15 +95,19 @@ class StepEngine(L.LightningModule):
             end = min(end, (start // p + 1) * p)
         return max(1, end - start)
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         start = self.global_step
         timed = self.steps_per_call is None and self._calls == 1
         k = self.chunk_length(start, self._target_steps())
         optimizer = self.optimizers().optimizer
         schedule = self.lr_schedulers()
         t0 = self._clock() if timed else 0.0
+        logged: StepOutput | None = None
         for step in range(start, start + k):
-            loss = self.train_step(step)
+            out = self.train_step(step)
+            if out.scalars is not None or out.firing_frequency is not None:
+                logged = out  # a logging step ends its chunk: at most one a call
+            loss = out.loss
             loss.backward()
             self._sync_gradients(optimizer)
             self.before_update(step)
@@ -95,14 +120,17 @@ class StepEngine(L.LightningModule):
             per_step = (self._clock() - t0) / k
             chosen = int(min(MAX_STEPS_PER_CALL, max(1, round(CALL_SECONDS / max(per_step, 1e-9)))))
             # Every rank must run the same chunks (they meet in the same collectives).
-            self.chosen_steps_per_call = int(self.trainer.strategy.broadcast(chosen, src=0))
+            self._chosen_steps_per_call = int(self.trainer.strategy.broadcast(chosen, src=0))
         self._calls += 1
         if self._calls == 1:  # time steady-state training from here (after the warm-up call)
             self._timed_from = (self._clock(), start + k)
         _advance_global_step(self.trainer, k)
         if (start + k) == self.total_steps or any((start + k) % p == 0 for p in self.event_periods):
             self.after_chunk(start + k)
-        return loss.detach()
+        loss = loss.detach()
+        if logged is None:
+            return {"loss": loss, "step": StepOutput(loss)}
+        return {"loss": loss, "step": StepOutput(loss, logged.scalars, logged.firing_frequency)}
 
     def _target_steps(self) -> int:
         if self.steps_per_call is not None:
@@ -111,7 +139,7 @@ class StepEngine(L.LightningModule):
             return 1
         if self._calls == 1:
             return CALIBRATION_STEPS
-        return self.chosen_steps_per_call
+        return self._chosen_steps_per_call
 
     def _clock(self) -> float:
         if self.device.type == "cuda":
@@ -142,7 +170,7 @@ class StepEngine(L.LightningModule):
             "steps": steps,
             "seconds": round(seconds, 4),
             "steps_per_second": round(steps / seconds, 2) if steps and seconds > 0 else 0.0,
-            "steps_per_call": self.steps_per_call or getattr(self, "chosen_steps_per_call", 1),
+            "steps_per_call": self.steps_per_call or self._chosen_steps_per_call,
         }
 
     def on_train_start(self) -> None:

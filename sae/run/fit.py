@@ -34,6 +34,19 @@ class FitResult(NamedTuple):
     logger: Any
     """Lightning's WandbLogger, or None without wandb."""
     is_global_zero: bool
+    world_size: int
+    ranks_identical: bool
+    """Every rank ended with bit-identical weights (checked by ``RankAgreement``)."""
+    throughput: dict[str, float] | None
+    """The engine's steady-state speed (``StepEngine.throughput``)."""
+
+    def run_facts(self) -> dict[str, Any]:
+        """What a run's record says about how it ran (``run.json``, the toy ``metrics.json``)."""
+        return {
+            "world_size": self.world_size,
+            "ranks_identical": self.ranks_identical,
+            "throughput": self.throughput,
+        }
 
 
 def fit(
@@ -66,7 +79,15 @@ def fit(
         write_text(RunDir(out_dir).config, config_yaml)
     with _matmul_precision(runtime.tf32 and trainer.strategy.root_device.type == "cuda"):
         run_fit(trainer, module, range(module.total_steps), out_dir, resume)
-    return FitResult(trainer, logger, trainer.is_global_zero)
+    ranks = next(c for c in trainer.callbacks if isinstance(c, RankAgreement))
+    return FitResult(
+        trainer,
+        logger,
+        trainer.is_global_zero,
+        ranks.world_size,
+        ranks.identical,
+        module.throughput,
+    )
 
 
 @contextlib.contextmanager

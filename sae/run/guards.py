@@ -143,17 +143,21 @@ class StopOnSignal(Callback):
 
 class RankAgreement(Callback):
     """At the end of a multi-process run, checks that every rank holds bit-identical weights
-    (they must: same initialisation, all-reduced gradients, identical resampling)."""
+    (they must: same initialisation, all-reduced gradients, identical resampling). ``fit``
+    reports ``world_size`` and ``identical`` in its result."""
+
+    def __init__(self) -> None:
+        self.world_size = 1
+        self.identical = True
 
     def on_train_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        module.world_size = trainer.world_size
-        module.ranks_identical = True
+        self.world_size, self.identical = trainer.world_size, True
         if trainer.world_size == 1:
             return
         flat = torch.cat([p.detach().flatten() for p in module.parameters()])
         gathered = trainer.strategy.all_gather(flat)
-        module.ranks_identical = bool((gathered == gathered[0]).all())
-        if not module.ranks_identical:
+        self.identical = bool((gathered == gathered[0]).all())
+        if not self.identical:
             raise RunError("ranks ended with different weights; the run is not data-parallel-safe")
 
 

@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
+from sae.run.engine import StepOutput
 from sae.run.files import write_text
 from sae.run.layout import RunDir
 
@@ -25,8 +26,8 @@ def log_scalars(
     module: L.LightningModule, metrics: dict[str, Tensor], step: int
 ) -> dict[str, float]:
     """Average ``metrics`` over ranks and send them to the logger stamped with optimizer step
-    ``step``; the record is left on ``module.latest_scalars`` for ``MetricsFile``. Call on
-    every rank."""
+    ``step``; returns the record (``{"step": step} | metrics``), which the training step hands
+    back as ``StepOutput.scalars`` for ``MetricsFile``. Call on every rank."""
     values = torch.stack([v.detach().float().reshape(()) for v in metrics.values()])
     trainer = module.trainer
     if trainer.world_size > 1:
@@ -34,12 +35,11 @@ def log_scalars(
     record = dict(zip(metrics, values.tolist()))
     if trainer.is_global_zero and trainer.logger is not None:
         trainer.logger.log_metrics(record, step=step)
-    module.latest_scalars = {"step": step} | record
-    return record
+    return {"step": step} | record
 
 
 class MetricsFile(Callback):
-    """Appends each logging step's record (``module.latest_scalars``) to ``metrics.jsonl``."""
+    """Appends each logging step's record (``StepOutput.scalars``) to ``metrics.jsonl``."""
 
     def __init__(self, out_dir: Path) -> None:
         self.path = RunDir(out_dir).metrics_log
@@ -57,10 +57,10 @@ class MetricsFile(Callback):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        record = getattr(module, "latest_scalars", None)
+        out = StepOutput.of(outputs)
+        record = out.scalars if out is not None else None
         if record is None or not trainer.is_global_zero:
             return
-        module.latest_scalars = None
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
