@@ -82,9 +82,11 @@ class StepEngine(L.LightningModule):
 
     def world_and_rank(self) -> tuple[int, int]:
         """(processes in the run, this one's rank); (1, 0) outside a trainer."""
-        if self._trainer is None:
+        try:
+            trainer = self.trainer  # Lightning raises RuntimeError when none is attached
+        except RuntimeError:
             return 1, 0
-        return self.trainer.world_size, self.global_rank
+        return trainer.world_size, trainer.global_rank
 
     # -- the loop ------------------------------------------------------------------------
     def chunk_length(self, start: int, k: int) -> int:
@@ -176,11 +178,14 @@ class StepEngine(L.LightningModule):
     def on_train_start(self) -> None:
         wrapper = self.trainer.strategy.model
         if isinstance(wrapper, torch.nn.parallel.DistributedDataParallel):
+            # torch's own switch that DDP.no_sync() flips; a context manager cannot span
+            # Lightning calls. tests/test_library_contracts.py fails if DDP stops reading it.
             wrapper.require_backward_grad_sync = False  # see _sync_gradients
 
     def __setattr__(self, name: str, value: Any) -> None:
         # Lightning sets _current_fx_name around every hook call; it is a plain attribute, so
-        # skip nn.Module's parameter/buffer/module bookkeeping.
+        # skip nn.Module's parameter/buffer/module bookkeeping (a speed-up only: nothing public
+        # to hook instead; tests/test_library_contracts.py checks Lightning still sets it).
         if name == "_current_fx_name":
             object.__setattr__(self, name, value)
         else:
@@ -193,5 +198,6 @@ def _advance_global_step(trainer: L.Trainer, steps: int) -> None:
 
     The engine steps the raw optimizer, bypassing LightningOptimizer's per-step hooks (the cost
     this engine removes), so it advances the manual-optimization counter itself. Lightning has
-    no public way to do this; tests/test_engine.py fails if the counter moves."""
+    no public way to do this; tests/test_library_contracts.py (and tests/test_engine.py) fail
+    if the counter moves."""
     trainer.fit_loop.epoch_loop.manual_optimization.optim_step_progress.increment_by(steps)

@@ -107,6 +107,9 @@ class StopOnSignal(Callback):
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = signum
         if self._trainer is not None:
+            # Private: Lightning reads its SIGTERM flag (public, read-only, as
+            # trainer.received_sigterm) to stop every rank at the same step, and offers no public
+            # way to raise it. tests/test_library_contracts.py fails if the flag moves.
             self._trainer._signal_connector.received_sigterm = True
 
     def on_train_batch_end(

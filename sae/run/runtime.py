@@ -166,7 +166,9 @@ def make_wandb_logger(config: WandbConfig, out_dir: Path, run_config: dict[str, 
         resume="allow",
     )
     # Lightning always passes anonymous=None, which wandb >= 0.19 answers with a warning line.
-    getattr(logger, "_wandb_init", {}).pop("anonymous", None)
+    # Private: the logger's init arguments have no public setter (WandbLogger(anonymous=...)
+    # maps False to None too); tests/test_library_contracts.py fails if they move.
+    logger._wandb_init.pop("anonymous", None)
     return logger
 
 
@@ -192,7 +194,7 @@ def wandb_run_info(logger: Any) -> dict[str, Any] | None:
         "id": run.id,
         "project": run.project,
         "dir": str(logger.save_dir),
-        "mode": "offline" if run.settings._offline else "online",
+        "mode": "offline" if run.offline else "online",
     }
 
 
