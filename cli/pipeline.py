@@ -46,9 +46,10 @@ def run_pipeline(
 ) -> dict[str, Any] | None:
     """Run the stages in order, skipping those already complete (so --resume picks up where an
     interrupted run stopped). Returns the evaluation results on rank 0."""
-    from cli.evaluate import evaluate_run
+    from cli.sources import build_source, ground_truth
     from sae.evaluate import scoring_accelerator
     from sae.report import best_sae, write_report
+    from sae.scoring import evaluate_run
     from sae.train import train_saes
     from toymodels.export import export_activations
     from toymodels.train import train_toy
@@ -80,8 +81,6 @@ def run_pipeline(
     sae_config.data.activations, sae_config.data.toy_dir = str(act_file), None
     if not sae_run.record.exists():
         echo(f"[3/4] training {sae_config.sweep.n_instances} SAEs in one batched run")
-        from cli.sources import build_source
-
         source, info = build_source(sae_config)
         sae_run.root.mkdir(parents=True, exist_ok=True)
         folders = train_saes(
@@ -95,7 +94,7 @@ def run_pipeline(
             return None
     echo("[4/4] scoring against the ground truth")
     results = evaluate_run(
-        sae_run.root, accelerator=scoring_accelerator(config.sae.runtime.accelerator)
+        sae_run.root, ground_truth, scoring_accelerator(config.sae.runtime.accelerator)
     )
     toy_metrics = _toy_summary(toy, config.export.instance)
     write_report(

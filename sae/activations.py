@@ -23,6 +23,8 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +82,42 @@ def write_activation_file(
     metadata = {"format": FORMAT, "version": VERSION, "info": json.dumps(info or {})}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
+
+
+@dataclass
+class GroundTruth:
+    """What scoring an SAE needs to know about its data: the true directions, which of them the
+    model represents, their names, and batches of (activations, true codes or None). Built from
+    an activation file (``file_ground_truth``) or a live toy model (``toymodels.export``)."""
+
+    source: str
+    """The file or folder the data comes from, as messages name it."""
+    directions: Tensor
+    """[n_features, d] true feature directions, one per row."""
+    represented: Tensor | None
+    names: list[str] | None
+    batches: Callable[[], Iterator[tuple[Tensor, Tensor | None]]]
+    """A fresh pass over the scoring rows at each call."""
+
+
+def file_ground_truth(file: ActivationFile, start: int = 0, batch_size: int = 8192) -> GroundTruth:
+    """The ground truth of an activation file, scored on its rows from ``start`` on."""
+    path = file.path
+    if not file.has_ground_truth:
+        raise UsageError(f"{path}: no 'ground_truth' tensor to score against")
+
+    def batches() -> Iterator[tuple[Tensor, Tensor | None]]:
+        for i in range(start, file.n_rows, batch_size):
+            rows = slice(i, min(i + batch_size, file.n_rows))
+            yield file.rows(rows), file.feature_acts(rows)
+
+    return GroundTruth(
+        str(path),
+        file.tensor("ground_truth"),
+        file.tensor("represented"),
+        file.info.get("feature_names"),
+        batches,
+    )
 
 
 class ActivationFile:

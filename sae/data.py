@@ -41,6 +41,12 @@ class ActivationSource(Protocol):
         ...
 
 
+def holdout_rows(n_rows: int, holdout_fraction: float) -> int:
+    """Rows at the end of a file that training never sees (``data.holdout_fraction``); the
+    run's record keeps the count, and scoring reads it there."""
+    return int(round(n_rows * holdout_fraction))
+
+
 class FileSource:
     """Rows of an activation file. The last ``holdout_fraction`` of the rows is held out;
     training walks seeded permutations of the rest, one epoch after another.
@@ -67,7 +73,7 @@ class FileSource:
     ) -> None:
         self.file = file
         self.d = file.d
-        self.n_train = file.n_rows - int(round(file.n_rows * holdout_fraction))
+        self.n_train = file.n_rows - holdout_rows(file.n_rows, holdout_fraction)
         if self.n_train < 1:
             from sae.run.errors import UsageError
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -18,10 +18,51 @@ from sae.run.files import atomic_path, write_json
 from sae.run.layout import SAEDir
 
 
-class LoadedSAE(NamedTuple):
-    sae: SparseAutoencoder
-    """A one-instance SAE acting on the original (unscaled) inputs."""
-    cfg: dict[str, Any]
+class LoadedSAE:
+    """One trained SAE, read from its folder, acting on the original (unscaled) inputs:
+    ``W_enc`` [d_in, d_sae], ``W_dec`` [d_sae, d_in], ``b_enc`` [d_sae], ``b_dec`` [d_in],
+    ``encode`` [batch, d_in] -> [batch, d_sae], ``decode`` back, and its ``cfg.json``."""
+
+    def __init__(self, module: SparseAutoencoder, cfg: dict[str, Any]) -> None:
+        self._module, self.cfg = module, cfg
+
+    def batched(self) -> SparseAutoencoder:
+        """The same SAE as a one-instance batch, for code that takes many (``evaluate_sae``)."""
+        return self._module
+
+    @property
+    def recipe(self) -> str:
+        return self._module.recipe
+
+    @property
+    def d_in(self) -> int:
+        return self._module.d_in
+
+    @property
+    def d_sae(self) -> int:
+        return self._module.d_sae
+
+    @property
+    def W_enc(self) -> torch.Tensor:
+        return self._module.W_enc[0]
+
+    @property
+    def W_dec(self) -> torch.Tensor:
+        return self._module.decoder[0]
+
+    @property
+    def b_enc(self) -> torch.Tensor:
+        return self._module.b_enc[0]
+
+    @property
+    def b_dec(self) -> torch.Tensor:
+        return self._module.b_dec[0]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self._module.encode(x)[0]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return self._module.decode(codes[None])[0]
 
 
 def save_sae(folder: str | Path, weights: dict[str, torch.Tensor], cfg: dict[str, Any]) -> None:

@@ -65,7 +65,7 @@ def test_train_on_an_activation_file(acts, tmp_path, capsys) -> None:
         loaded = load_sae(out / f"sae_{k}")
         assert loaded.cfg["l1_coefficient"] == lam and loaded.cfg["instance"] == k
         assert loaded.cfg["source"]["activations"] == str(acts)
-        assert loaded.sae.W_enc.shape == (1, 8, 24)
+        assert loaded.batched().W_enc.shape == (1, 8, 24)
     assert [r["step"] for r in read_metrics(out)] == [9, 19, 29, 39, 49]
     # The folder now holds a run: training into it again is refused without --overwrite.
     assert sae("train", "--activations", acts, "--out", out, *QUIET) == 2
@@ -141,7 +141,7 @@ def test_pentagon_config_trains_on_the_live_toy_model(toy_dir, tmp_path, capsys)
         "--out", out, "--set", "train.steps=30", *QUIET,
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
-    assert load_sae(out / "sae_0").sae.W_dec.shape == (1, 5, 2)
+    assert load_sae(out / "sae_0").batched().W_dec.shape == (1, 5, 2)
 
 
 # -- wandb --------------------------------------------------------------------------------
@@ -176,4 +176,4 @@ def test_wandb_offline_run_holds_the_logged_metrics(acts, tmp_path, capsys) -> N
     # Firing-frequency histograms and the run config were logged too.
     assert any("firing_frequency/instance_0/_type" in r for r in history)
     assert config["config"]["sweep"]["l1_coefficient"] == [0.1, 0.5]  # the hyperparameters
-    assert torch.isfinite(load_sae(out / "sae_0").sae.W_dec).all()
+    assert torch.isfinite(load_sae(out / "sae_0").W_dec).all()

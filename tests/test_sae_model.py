@@ -107,12 +107,12 @@ def test_save_and_load_are_bit_identical(tmp_path, recipe: str) -> None:
     cfg = {"recipe": recipe, "note": "test"}
     save_sae(tmp_path / "sae", sae.instance_weights(1), cfg)
     loaded = load_sae(tmp_path / "sae")
-    assert loaded.cfg == cfg and loaded.sae.recipe == recipe
+    assert loaded.cfg == cfg and loaded.recipe == recipe
     for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
-        assert torch.equal(getattr(loaded.sae, name)[0], getattr(sae, name)[1]), name
-    codes = loaded.sae.encode(x)[0]
+        assert torch.equal(getattr(loaded, name), getattr(sae, name)[1]), name
+    codes = loaded.encode(x)
     assert torch.equal(codes, sae.encode(x)[1])
-    assert torch.equal(loaded.sae.decode(codes[None])[0], sae.decode(sae.encode(x))[1])
+    assert torch.equal(loaded.decode(codes), sae.decode(sae.encode(x))[1])
 
 
 def test_instance_adam_per_instance_rate_clip_and_reset() -> None:

@@ -154,7 +154,7 @@ def test_latents_forced_dead_are_revived_during_training(tmp_path, monkeypatch, 
         out = tmp_path / resample
         folders = train_saes(config, file_source(path, config), out)
         fired[resample] = torch.stack(
-            [(load_sae(f).sae.encode(x)[0] > 0).float().mean(0) for f in folders]
+            [(load_sae(f).encode(x) > 0).float().mean(0) for f in folders]
         )
         if resample != "none":
             last = read_metrics(out)[-1]
@@ -233,15 +233,15 @@ def _pentagon_run(pentagon, out: Path, l1: list[float], resample: dict) -> list[
     x, _ = toy.sample(50_000, torch.Generator().manual_seed(7))
     results = []
     for k, (folder, (lam, seed)) in enumerate(zip(folders, combos)):
-        loaded = load_sae(folder).sae
-        cos = evaluate_dictionary(toy.ground_truth, loaded.W_dec[0]).cos
+        loaded = load_sae(folder)
+        cos = evaluate_dictionary(toy.ground_truth, loaded.W_dec).cos
         results.append(
             {
                 "l1": lam,
                 "seed": seed,
                 "worst": float(cos.max(dim=1).values.min()),
                 "latents_per_feature": (cos > 0.99).sum(dim=1).tolist(),
-                "dead": int(((loaded.encode(x)[0] > 0).sum(0) == 0).sum()),
+                "dead": int(((loaded.encode(x) > 0).sum(0) == 0).sum()),
                 "resampled": last[f"resampled/instance_{k}"],
             }
         )

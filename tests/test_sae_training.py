@@ -55,7 +55,7 @@ def test_planted_features_recovered_by_a_lambda_sweep(planted, tmp_path) -> None
     for lam, folder in zip(SWEEP, folders):
         loaded = load_sae(folder)
         assert loaded.cfg["l1_coefficient"] == lam
-        decoder = loaded.sae.W_dec[0]
+        decoder = loaded.W_dec
         # The constrained recipe keeps every decoder row on the unit sphere.
         torch.testing.assert_close(decoder.norm(dim=-1), torch.ones(128), atol=1e-5, rtol=0)
         worst[lam] = _worst_feature_cos(features, decoder)
@@ -75,7 +75,7 @@ def test_planted_features_recovered_with_the_april2024_recipe(planted, tmp_path)
         train={"steps": 2000, "batch_size": 256, "log_every": 500},
     )
     (folder,) = train_saes(config, file_source(path, config), tmp_path)
-    assert _worst_feature_cos(features, load_sae(folder).sae.W_dec[0]) > 0.95  # measured 0.990
+    assert _worst_feature_cos(features, load_sae(folder).W_dec) > 0.95  # measured 0.990
 
 
 SWEEP_RUN = {
@@ -100,8 +100,7 @@ def _sweep_weights(path: Path, out: Path, resample: dict, l1, lr, seed) -> list[
     )
     folders = train_saes(config, file_source(path, config), out)
     return [
-        {n: getattr(load_sae(f).sae, n)[0] for n in ("W_enc", "W_dec", "b_enc", "b_dec")}
-        for f in folders
+        {n: getattr(load_sae(f), n) for n in ("W_enc", "W_dec", "b_enc", "b_dec")} for f in folders
     ]
 
 
@@ -150,16 +149,16 @@ def test_saved_instances_equal_the_trained_module(planted, tmp_path, normalize_i
     for k, folder in enumerate(folders):
         loaded = load_sae(folder)
         assert loaded.cfg["input_scale_folded"] == scale
-        codes = loaded.sae.encode(x)[0]
+        codes = loaded.encode(x)
         reference = module.sae.encode(scale * x)[k]
-        x_hat = loaded.sae.decode(codes[None])[0]
+        x_hat = loaded.decode(codes)
         reference_x_hat = module.sae.decode(reference[None].expand(2, -1, -1))[k] / scale
         if normalize_input:
             torch.testing.assert_close(codes, reference, atol=1e-5, rtol=1e-5)
             torch.testing.assert_close(x_hat, reference_x_hat, atol=1e-5, rtol=1e-5)
         else:  # nothing folded: the saved weights are the module's, bit for bit
             for name in ("W_enc", "W_dec", "b_enc", "b_dec"):
-                assert torch.equal(getattr(loaded.sae, name)[0], getattr(module.sae, name)[k])
+                assert torch.equal(getattr(loaded, name), getattr(module.sae, name)[k])
             assert torch.equal(codes, reference)
             assert torch.equal(x_hat, reference_x_hat)
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from sae.activations import write_activation_file
+from sae.activations import GroundTruth, write_activation_file
 from sae.run.config_io import config_to_dict
 from sae.run.errors import UsageError
+from sae.run.seeding import TOY_SCORING_SEED
 from toymodels.diagnostics import REPRESENTED_NORM
 from toymodels.io import load_toy_model
 from toymodels.models import select_instances
@@ -29,7 +31,7 @@ class ToyActivationSource:
                 f"instance {instance} out of range: {run_dir} has instances 0..{n - 1}"
             )
         self.config = loaded.config
-        self.instance = instance
+        self.run_dir, self.instance = run_dir, instance
         self.model = select_instances(loaded.model, slice(instance, instance + 1))
         self.model.requires_grad_(False)
         self.distribution = loaded.distribution.select(slice(instance, instance + 1))
@@ -55,6 +57,19 @@ class ToyActivationSource:
 
     def represented(self) -> torch.Tensor:
         return self.ground_truth.norm(dim=-1).cpu() > REPRESENTED_NORM
+
+    def scoring_ground_truth(self, samples: int, batch_size: int) -> GroundTruth:
+        """What an SAE trained live on this instance is scored against: ``samples`` fresh rows
+        from a stream training never draws from."""
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+            g = torch.Generator().manual_seed(TOY_SCORING_SEED)
+            for i in range(0, samples, batch_size):
+                yield self.sample(min(batch_size, samples - i), g)
+
+        return GroundTruth(
+            str(self.run_dir), self.ground_truth, self.represented(), self.feature_names, batches
+        )
 
     def info(self, run_dir: str | Path) -> dict[str, Any]:
         return {

@@ -1,0 +1,88 @@
+"""Scoring a whole SAE run: every ``sae_<k>`` against the ground truth, on one device, with
+``eval_stats.json`` and plots beside each SAE and the scores added to the run's wandb run.
+
+Where the ground truth comes from (the training file's held-out rows, another file, or a live toy
+model) is the caller's decision, made from the run's record (``run.json``): ``evaluate_run``
+takes it as a function of the run folder and that record.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sae.activations import GroundTruth
+from sae.run.errors import UsageError
+from sae.run.layout import RunDir
+
+
+def read_run_record(run_dir: str | Path) -> dict[str, Any]:
+    """The record a finished SAE run wrote (``run.json``)."""
+    layout = RunDir(run_dir)
+    if not layout.record.exists():
+        raise UsageError(f"{run_dir} holds no finished SAE run (no {RunDir.RECORD})")
+    return json.loads(layout.record.read_text())
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    ground_truth: Callable[[RunDir, dict[str, Any]], GroundTruth],
+    accelerator: str = "auto",
+) -> dict[str, dict[str, Any]]:
+    """Evaluate each ``sae_<k>`` of a run on ``accelerator`` (see ``sae.evaluate.ACCELERATORS``)
+    against ``ground_truth(run folder, run record)``; returns name -> {scalars, cfg, plots,
+    features}."""
+    from sae.evaluate import evaluate_sae, resolve_device, write_eval
+    from sae.io import load_sae
+    from sae.run.runtime import reopen_wandb
+
+    device = resolve_device(accelerator)
+    layout = RunDir(run_dir)
+    run = read_run_record(run_dir)
+    truth = ground_truth(layout, run)
+    results: dict[str, dict[str, Any]] = {}
+    for name in run["instances"]:
+        folder = layout.root / name
+        loaded = load_sae(folder)
+        width = truth.directions.shape[1]
+        if width != loaded.d_in:
+            raise UsageError(
+                f"{truth.source}: activations have {width} dimensions but {folder} "
+                f"reads {loaded.d_in}"
+            )
+        result = evaluate_sae(
+            loaded.batched(),
+            truth.directions,
+            truth.batches(),
+            truth.represented,
+            truth.names,
+            device=device,
+        )
+        plots = write_eval(folder, result, title=f"{name}, l1={loaded.cfg['l1_coefficient']:g}")
+        results[name] = {
+            "scalars": result["scalars"],
+            "cfg": loaded.cfg,
+            "plots": plots,
+            "features": result["features"],
+        }
+    _log_to_wandb(reopen_wandb(run.get("wandb")), results)
+    return results
+
+
+def _log_to_wandb(run: Any, results: dict[str, dict[str, Any]]) -> None:
+    if run is None:
+        return
+    import wandb
+
+    payload: dict[str, Any] = {}
+    for name, r in results.items():
+        payload |= {f"eval/{name}/{k}": v for k, v in r["scalars"].items() if v is not None}
+        payload |= {f"eval/{name}/{k}": wandb.Image(str(p)) for k, p in r["plots"].items()}
+        columns = list(r["features"][0])
+        payload[f"eval/{name}/features"] = wandb.Table(
+            columns=columns, data=[[row[c] for c in columns] for row in r["features"]]
+        )
+    run.log(payload)
+    run.finish()
