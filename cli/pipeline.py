@@ -8,7 +8,7 @@ from typing import Any
 
 from cli.common import is_main_process
 from sae.config import SAERunConfig
-from sae.run.config_io import config_to_yaml
+from sae.run.config_io import Config, config_to_yaml
 from sae.run.files import write_text
 from sae.run.layout import PipelineDir, RunDir
 from sae.run.seeding import PIPELINE_EXPORT_SEED
@@ -16,7 +16,7 @@ from toymodels.config import ToyConfig
 
 
 @dataclass
-class ExportConfig:
+class ExportConfig(Config):
     """Which toy-model instance becomes the SAE's data, and how much of it."""
 
     instance: int = 0
@@ -32,7 +32,7 @@ class ExportConfig:
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(Config):
     """``sae run``: a toy-model config, an export, and an SAE-run config (its data source is
     filled in by the pipeline)."""
 

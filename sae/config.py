@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from sae.recipes import get_recipe
+from sae.run.config_io import Config
 from sae.run.runtime import RuntimeConfig, WandbConfig, check_data_shards
 
 
 @dataclass
-class SAEConfig:
+class SAEConfig(Config):
     """One SAE: f = ReLU(W_enc(x − b_dec) + b_enc), x̂ = W_dec f + b_dec."""
 
     d_sae: int = 256
@@ -36,7 +37,7 @@ class SAEConfig:
 
 
 @dataclass
-class SweepConfig:
+class SweepConfig(Config):
     """Instances trained together on the same batches. Each list has one value or one per
     instance; single values are broadcast."""
 
@@ -72,7 +73,7 @@ class SweepConfig:
 
 
 @dataclass
-class SAETrainConfig:
+class SAETrainConfig(Config):
     """The training loop (Adam, loss = ‖x − x̂‖² summed over dimensions + λ·sparsity, both
     averaged over the batch)."""
 
@@ -120,7 +121,7 @@ class SAETrainConfig:
 
 
 @dataclass
-class ResampleConfig:
+class ResampleConfig(Config):
     """Dead-latent tracking and resampling."""
 
     method: Literal["none", "simple", "anthropic"] = "none"
@@ -146,7 +147,7 @@ class ResampleConfig:
 
 
 @dataclass
-class SAEDataConfig:
+class SAEDataConfig(Config):
     """Where activations come from: a file, or a trained toy model drawn live."""
 
     activations: str | None = None
@@ -176,7 +177,7 @@ class SAEDataConfig:
 
 
 @dataclass
-class SAERunConfig:
+class SAERunConfig(Config):
     """A complete SAE training run."""
 
     sae: SAEConfig = field(default_factory=SAEConfig)

@@ -5,13 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from sae.run.config_io import Config
 from sae.run.runtime import RuntimeConfig, WandbConfig, check_data_shards
 
 ToyKind = Literal["linear", "relu_output", "relu_hidden", "abs"]
 
 
 @dataclass
-class ToyModelConfig:
+class ToyModelConfig(Config):
     """The network: x (n_features) -> h (n_hidden) -> x' (n_features)."""
 
     kind: ToyKind = "relu_output"
@@ -28,7 +29,7 @@ class ToyModelConfig:
 
 
 @dataclass
-class ToyDataConfig:
+class ToyDataConfig(Config):
     """The synthetic feature distribution. Feature i is nonzero with probability p = 1 − S,
     then uniform on [0, 1] ([−1, 1] for the abs model)."""
 
@@ -70,7 +71,7 @@ class ToyDataConfig:
 
 
 @dataclass
-class OptimConfig:
+class OptimConfig(Config):
     """AdamW with an optional warm-up and decay (the paper's recipe by default)."""
 
     lr: float = 1e-3
@@ -90,7 +91,7 @@ class OptimConfig:
 
 
 @dataclass
-class ToyTrainConfig:
+class ToyTrainConfig(Config):
     """The training loop."""
 
     steps: int = 10_000
@@ -126,7 +127,7 @@ class ToyTrainConfig:
 
 
 @dataclass
-class ToyConfig:
+class ToyConfig(Config):
     """A complete toy-model run."""
 
     model: ToyModelConfig = field(default_factory=ToyModelConfig)

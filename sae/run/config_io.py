@@ -36,6 +36,18 @@ _YamlLoader.add_implicit_resolver(
 )
 
 
+class Config:
+    """Base of every config dataclass: it validates itself when built, so a config made in code
+    is checked exactly like one read from YAML (``from_dict`` turns the ValueError into a
+    one-line UsageError that names the key)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ValueError naming the offending key (``section.key must ...``)."""
+
+
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
     """Build ``cls`` from a YAML file (or the defaults when ``path`` is None) plus overrides."""
     data: dict[str, Any] = {}
@@ -112,16 +124,11 @@ def from_dict(cls: type[T], data: Any, source: str = "config", prefix: str = "")
             )
         kwargs[key] = _coerce(value, hints[key], source, f"{prefix}{key}")
     try:
-        config = cls(**kwargs)
-    except (TypeError, ValueError) as e:
+        return cls(**kwargs)
+    except ValueError as e:  # Config.validate, run by the constructor
+        raise UsageError(f"{source}: {_qualify(str(e), prefix)}") from None
+    except TypeError as e:
         raise UsageError(f"{source}: {e}") from None
-    validate = getattr(config, "validate", None)
-    if validate is not None:
-        try:
-            validate()
-        except ValueError as e:
-            raise UsageError(f"{source}: {_qualify(str(e), prefix)}") from None
-    return config
 
 
 def _qualify(message: str, prefix: str) -> str:

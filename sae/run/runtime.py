@@ -16,13 +16,14 @@ from typing import Any, Literal
 
 import torch
 
+from sae.run.config_io import Config
 from sae.run.layout import RunDir
 
 RUN_ID_ENV = "SAE_TOOLKIT_RUN_ID"
 
 
 @dataclass
-class RuntimeConfig:
+class RuntimeConfig(Config):
     """Where and how a run executes."""
 
     accelerator: str = "auto"
@@ -66,7 +67,7 @@ class RuntimeConfig:
 
 
 @dataclass
-class WandbConfig:
+class WandbConfig(Config):
     """Weights & Biases logging. The mode comes from here, else WANDB_MODE, else it is
     'online' when credentials exist and 'offline' when they do not."""
 
