@@ -199,15 +199,16 @@ def write_eval(folder: str | Path, result: dict[str, Any], title: str = "") -> d
 def format_table(rows: list[tuple[str, dict[str, Any]]], keys: list[str]) -> str:
     """A short fixed-width table: one row per SAE, one column per scalar."""
     header = ["sae"] + keys
-    body = [[label] + [_fmt(scalars.get(k)) for k in keys] for label, scalars in rows]
+    body = [[label] + [format_scalar(scalars.get(k), 4) for k in keys] for label, scalars in rows]
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header] + body]
     return "\n".join(lines)
 
 
-def _fmt(v: Any) -> str:
+def format_scalar(v: Any, digits: int) -> str:
+    """A score for a table: '-' for a missing one, floats to ``digits`` decimals."""
     if v is None:
         return "-"
     if isinstance(v, float):
-        return f"{v:.4f}"
+        return f"{v:.{digits}f}"
     return str(v)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from sae.evaluate import format_scalar
 from sae.run.files import write_text
 
 RANK_KEYS = ("represented/recovered_0.99", "represented/mcc", "explained_variance")
@@ -70,11 +71,7 @@ def write_report(
 
 
 def _num(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.3f}"
-    return str(v)
+    return format_scalar(v, 3)
 
 
 def _pct(v: Any) -> str:

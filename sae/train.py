@@ -5,14 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from lightning.pytorch.callbacks import Callback
-
 from sae.config import SAERunConfig
 from sae.data import ActivationSource
 from sae.io import save_sae
 from sae.lightning_module import SAEModule
-from sae.run.config_io import config_to_dict, config_to_yaml
-from sae.run.engine import StepOutput
+from sae.run.engine import ChunkCallback
 from sae.run.files import write_json
 from sae.run.fit import fit
 from sae.run.layout import RunDir
@@ -32,18 +29,7 @@ def train_saes(
     out_dir = Path(out_dir)
     module = SAEModule(config, source.d, source)
     try:
-        result = fit(
-            module,
-            config.runtime,
-            config.wandb,
-            out_dir,
-            resume,
-            config_yaml=config_to_yaml(config),
-            config_dict=config_to_dict(config),
-            log_every=config.train.log_every,
-            checkpoint_every=config.train.checkpoint_every,
-            callbacks=[MetricsFile(out_dir), FiringHistogram()],
-        )
+        result = fit(module, config, out_dir, resume, [MetricsFile(out_dir), FiringHistogram()])
     finally:
         source.close()  # stops a prefetching thread, frees device-resident rows
     if not result.is_global_zero:
@@ -86,13 +72,10 @@ def save_instances(
     return folders
 
 
-class FiringHistogram(Callback):
+class FiringHistogram(ChunkCallback):
     """Logs each instance's latent firing frequencies (log10) to wandb on logging steps."""
 
-    def on_train_batch_end(
-        self, trainer: Any, module: Any, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        out = StepOutput.of(outputs)
+    def on_chunk_end(self, trainer: Any, module: Any, out: Any) -> None:
         freq = out.firing_frequency if out is not None else None
         if freq is None or not trainer.is_global_zero or trainer.logger is None:
             return

@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from sae.run.config_io import config_to_dict, config_to_yaml
 from sae.run.files import write_json
 from sae.run.fit import FitResult, fit
 from sae.run.layout import RunDir
@@ -32,18 +31,7 @@ def train_toy(
     """
     out_dir = Path(out_dir)
     module = ToyModelModule(config)
-    result = fit(
-        module,
-        config.runtime,
-        config.wandb,
-        out_dir,
-        resume,
-        config_yaml=config_to_yaml(config),
-        config_dict=config_to_dict(config),
-        log_every=config.train.log_every,
-        checkpoint_every=config.train.checkpoint_every,
-        callbacks=[MetricsFile(out_dir)],
-    )
+    result = fit(module, config, out_dir, resume, [MetricsFile(out_dir)])
     if not result.is_global_zero:
         return None
     # The final evaluation runs where training ran (Lightning hands the module back on the CPU).

@@ -22,6 +22,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
 CALL_SECONDS = 0.05
@@ -46,6 +47,19 @@ class StepOutput:
     @staticmethod
     def of(outputs: Any) -> StepOutput | None:
         return outputs.get("step") if isinstance(outputs, dict) else None
+
+
+class ChunkCallback(Callback):
+    """A callback that runs after each Lightning call (a chunk of optimizer steps) with what
+    the chunk handed back: ``on_chunk_end(trainer, module, out)``."""
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, module: L.LightningModule, outputs: Any, *args: Any
+    ) -> None:
+        self.on_chunk_end(trainer, module, StepOutput.of(outputs))
+
+    def on_chunk_end(self, trainer: L.Trainer, module: L.LightningModule, out: Any) -> None:
+        """``out``: the chunk's ``StepOutput`` (None if the module is not a ``StepEngine``)."""
 
 
 class StepEngine(L.LightningModule):

@@ -13,6 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from sae.run.config_io import config_to_dict, config_to_yaml
 from sae.run.engine import StepEngine
 from sae.run.errors import UsageError
 from sae.run.files import write_text
@@ -26,7 +27,7 @@ from sae.run.guards import (
 )
 from sae.run.layout import RunDir
 from sae.run.progress import StepProgressBar
-from sae.run.runtime import RuntimeConfig, WandbConfig, apply_threads, make_wandb_logger
+from sae.run.runtime import RuntimeConfig, apply_threads, make_wandb_logger
 
 
 class FitResult(NamedTuple):
@@ -51,32 +52,29 @@ class FitResult(NamedTuple):
 
 def fit(
     module: StepEngine,
-    runtime: RuntimeConfig,
-    wandb: WandbConfig,
+    config: Any,
     out_dir: Path,
     resume: bool,
-    *,
-    config_yaml: str,
-    config_dict: dict[str, Any],
-    log_every: int,
-    checkpoint_every: int,
     callbacks: Sequence[Any] = (),
 ) -> FitResult:
-    """Train ``module`` for its ``total_steps``: threads, wandb, the trainer, ``config.yaml`` on
-    rank 0, resuming from ``last.ckpt``, TF32 on CUDA during training only."""
+    """Train ``module`` for its ``total_steps`` under a run ``config`` (a toy or SAE run: its
+    ``runtime``, ``wandb``, ``train.log_every`` and ``train.checkpoint_every``): threads,
+    wandb, the trainer, ``config.yaml`` on rank 0, resuming from ``last.ckpt``, TF32 on CUDA
+    during training only."""
+    runtime = config.runtime
     apply_threads(runtime)
-    logger = make_wandb_logger(wandb, out_dir, config_dict)
+    logger = make_wandb_logger(config.wandb, out_dir, config_to_dict(config))
     trainer = make_trainer(
         runtime,
         module.total_steps,
         out_dir,
         logger,
         callbacks=callbacks,
-        log_every=log_every,
-        checkpoint_every=checkpoint_every,
+        log_every=config.train.log_every,
+        checkpoint_every=config.train.checkpoint_every,
     )
     if trainer.is_global_zero:
-        write_text(RunDir(out_dir).config, config_yaml)
+        write_text(RunDir(out_dir).config, config_to_yaml(config))
     with _matmul_precision(runtime.tf32 and trainer.strategy.root_device.type == "cuda"):
         run_fit(trainer, module, range(module.total_steps), out_dir, resume)
     ranks = next(c for c in trainer.callbacks if isinstance(c, RankAgreement))

@@ -14,6 +14,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from sae.run.engine import ChunkCallback
 from sae.run.errors import RunError, UsageError
 from sae.run.files import atomic_path
 from sae.run.layout import RunDir
@@ -48,7 +49,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         return checkpoint
 
 
-class FiniteGuard(Callback):
+class FiniteGuard(ChunkCallback):
     """Stops the run on a NaN/Inf loss or weight. Checks only on logging and checkpoint steps
     (no per-step host sync); ModelCheckpoint runs after this callback, so a bad state is never
     saved and the last checkpoint on disk stays good."""
@@ -57,18 +58,11 @@ class FiniteGuard(Callback):
         self.out_dir = out_dir
         self.every = every
 
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
+    def on_chunk_end(self, trainer: L.Trainer, module: L.LightningModule, out: Any) -> None:
         step = trainer.global_step
         if all(step % n for n in self.every) and step != trainer.max_steps:
             return
-        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        loss = out.loss
         # One host sync for the loss and every weight together.
         ok = bool(
             torch.stack(
@@ -85,7 +79,7 @@ class FiniteGuard(Callback):
             )
 
 
-class StopOnSignal(Callback):
+class StopOnSignal(ChunkCallback):
     """SIGINT or SIGTERM: finish the current step, save ``last.ckpt`` and stop.
 
     One process stops here; under DDP the flag rides on Lightning's own per-step SIGTERM
@@ -112,14 +106,7 @@ class StopOnSignal(Callback):
             # way to raise it. tests/test_library_contracts.py fails if the flag moves.
             self._trainer._signal_connector.received_sigterm = True
 
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
+    def on_chunk_end(self, trainer: L.Trainer, module: L.LightningModule, out: Any) -> None:
         if self.received is not None and trainer.world_size == 1:
             self._save(trainer)
             trainer.should_stop = True

@@ -14,10 +14,9 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 
-from sae.run.engine import StepOutput
+from sae.run.engine import ChunkCallback
 from sae.run.files import write_text
 from sae.run.layout import RunDir
 
@@ -38,7 +37,7 @@ def log_scalars(
     return {"step": step} | record
 
 
-class MetricsFile(Callback):
+class MetricsFile(ChunkCallback):
     """Appends each logging step's record (``StepOutput.scalars``) to ``metrics.jsonl``."""
 
     def __init__(self, out_dir: Path) -> None:
@@ -49,15 +48,7 @@ class MetricsFile(Callback):
             kept = [r for r in read_metrics(self.path.parent) if r["step"] < trainer.global_step]
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
-    def on_train_batch_end(
-        self,
-        trainer: L.Trainer,
-        module: L.LightningModule,
-        outputs: Any,
-        batch: Any,
-        batch_idx: int,
-    ) -> None:
-        out = StepOutput.of(outputs)
+    def on_chunk_end(self, trainer: L.Trainer, module: L.LightningModule, out: Any) -> None:
         record = out.scalars if out is not None else None
         if record is None or not trainer.is_global_zero:
             return
