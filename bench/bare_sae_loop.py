@@ -13,22 +13,23 @@ rows out as the project does, and trains on random batches of the rest:
 
     python bench/bare_sae_loop.py --activations acts.safetensors --out /tmp/bare_sae --steps 2000
 
-It depends on torch and safetensors only.
+It depends on torch and safetensors only (and, for its command line, on ``common.py`` in this
+folder, which needs only the standard library to import).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path
 
 import torch
+from common import add_device_flags, parser
 from safetensors.torch import load_file, save_file
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--activations", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--steps", type=int, default=2000)
@@ -36,9 +37,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--l1", type=float, default=0.3)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
+    add_device_flags(ap)
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)

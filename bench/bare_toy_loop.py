@@ -14,33 +14,32 @@ reference that ``bench/bench_cli_vs_bare.py`` times against the real command:
 
     python bench/bare_toy_loop.py --out /tmp/bare_toy --steps 10000
 
-It depends on torch and safetensors only.
+It depends on torch and safetensors only (and, for its command line, on ``common.py`` in this
+folder, which needs only the standard library to import).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
 from pathlib import Path
 
 import torch
+from common import add_device_flags, parser
 from safetensors.torch import save_file
 
 DENSITIES = [1.0, 0.3, 0.1, 0.03, 0.01, 0.003, 0.001]  # 1 - S, one instance each
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--out", type=Path, required=True, help="folder for the weights and json")
     ap.add_argument("--steps", type=int, default=10_000)
     ap.add_argument("--batch-size", type=int, default=1024)
     ap.add_argument("--n-features", type=int, default=20)
     ap.add_argument("--n-hidden", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=0)
+    add_device_flags(ap)
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)

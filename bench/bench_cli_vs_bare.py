@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -43,11 +42,22 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common import (
+    add_extra_set,
+    add_repeats,
+    add_steps,
+    load_averages,
+    machine,
+    parser,
+    write_planted,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 TOY_CONFIG = REPO / "configs" / "toy" / "basic_results.yaml"
 SAE_D_IN, SAE_D_SAE, SAE_BATCH, SAE_L1 = 64, 256, 1024, 0.3
 SAE_ROWS, SAE_FEATURES, SAE_DENSITY = 131_072, 256, 0.05
+PLANTED_SOURCE = "bench_cli_vs_bare planted dictionary"
 
 
 @dataclass
@@ -97,26 +107,6 @@ def run_once(variant: Variant, scratch: Path) -> None:
         f"CPU {cpu:7.2f} s, load {os.getloadavg()[0]:.2f}",
         file=sys.stderr,
         flush=True,
-    )
-
-
-def write_activations(path: Path) -> None:
-    """A planted dictionary: SAE_FEATURES unit directions in SAE_D_IN dims, sparse codes."""
-    import torch
-
-    from sae.activations import write_activation_file
-
-    g = torch.Generator().manual_seed(0)
-    directions = torch.randn(SAE_FEATURES, SAE_D_IN, generator=g)
-    directions /= directions.norm(dim=-1, keepdim=True)
-    u = torch.rand(SAE_ROWS, SAE_FEATURES, generator=g)
-    codes = torch.where(u < SAE_DENSITY, u / SAE_DENSITY, 0.0)
-    write_activation_file(
-        path,
-        codes @ directions,
-        ground_truth=directions,
-        feature_probability=torch.full((SAE_FEATURES,), SAE_DENSITY),
-        info={"source": "bench_cli_vs_bare planted dictionary"},
     )
 
 
@@ -193,37 +183,14 @@ def table(runs: list[Variant], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def machine() -> str:
-    model = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
-
-    return f"{model}, {os.cpu_count()} cores, Python {platform.python_version()}, torch " + (
-        torch.__version__
-    )
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=10_000, help="training steps (toy and SAE)")
+    ap = parser(__doc__)
+    add_steps(ap, 10_000, "training steps (toy and SAE)")
     ap.add_argument("--sae-steps", type=int, default=None, help="SAE steps (default: --steps)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1, help="torch threads, every process")
+    add_repeats(ap, 3, 1, "torch threads, every process")
     ap.add_argument("--only", choices=["toy", "sae"], default=None)
     ap.add_argument("--no-fixed-cost", action="store_true", help="skip the 1-step runs")
-    ap.add_argument(
-        "--extra-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="passed to every project command as --set KEY=VALUE (repeatable)",
-    )
+    add_extra_set(ap, "passed to every project command as --set KEY=VALUE (repeatable)")
     args = ap.parse_args()
 
     sys.path.insert(0, str(REPO))  # this checkout's project code, even if another is installed
@@ -233,7 +200,7 @@ def main() -> None:
         acts = None
         if args.only in (None, "sae"):
             acts = scratch / "acts.safetensors"
-            write_activations(acts)
+            write_planted(acts, SAE_ROWS, SAE_FEATURES, SAE_D_IN, SAE_DENSITY, PLANTED_SOURCE)
         sae = sae_command()
         runs = variants(args, acts, sae)
         print(f"{len(runs)} variants x {args.repeats} repeats, interleaved", file=sys.stderr)
@@ -242,15 +209,12 @@ def main() -> None:
                 run_once(variant, scratch)
     load1 = os.getloadavg()
 
-    print(f"\n{machine()}")
+    print(f"\n{machine(python=True)}")
     print(
         f"project command: {' '.join(sae)}; {args.repeats} repeats, interleaved; "
         f"{args.threads} torch thread(s); extra --set: {args.extra_set or 'none'}"
     )
-    print(
-        f"load average (1/5/15 min) before: {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f}, "
-        f"after: {load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f}\n"
-    )
+    print(load_averages(load0, load1) + "\n")
     print(table(runs, args))
 
 

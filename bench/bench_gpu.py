@@ -64,6 +64,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common import add_extra_set, parser
+
 REPO = Path(__file__).resolve().parent.parent
 PARTS = ("roof", "sae", "sweep", "toy", "toy1000", "eval")
 SWEEP_L1 = [0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0]  # the planted data has E‖x‖² ≈ 2.7
@@ -644,7 +646,7 @@ def environment(device: str) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--out", required=True, help="folder for gpu_bench.md and gpu_bench.json")
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes: checks the script, fast")
@@ -658,13 +660,7 @@ def main() -> None:
         help=f"comma list of {', '.join(PRECISION_SETS)}: SAE runs at each (default: the "
         "project's defaults, no --set)",
     )
-    ap.add_argument(
-        "--extra-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="passed to every project command as --set KEY=VALUE (repeatable)",
-    )
+    add_extra_set(ap, "passed to every project command as --set KEY=VALUE (repeatable)")
     args = ap.parse_args()
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = set(parts) - set(PARTS)

@@ -18,10 +18,7 @@ x@W_enc and f@W_dec, backward dW_enc, df, dW_dec) with the step's shapes.
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
-import platform
 import statistics
 import tempfile
 import time
@@ -30,13 +27,20 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
-from lightning.pytorch.callbacks import Callback
+from common import (
+    add_repeats,
+    add_steps,
+    bare_times,
+    lightning_times,
+    machine,
+    memory_folder,
+    parser,
+)
 
 from sae.activations import ActivationFile, write_activation_file
 from sae.config import SAEConfig, SAERunConfig, SAETrainConfig, SweepConfig
 from sae.data import FileSource, GeneratedSource
 from sae.lightning_module import SAEModule
-from sae.run.fit import make_trainer, run_fit
 from sae.run.metrics_log import MetricsFile
 from sae.run.runtime import RuntimeConfig, WandbConfig
 from sae.run.schedules import warmup_factor
@@ -83,25 +87,6 @@ def make_sources(folder: Path, rows: int) -> dict[str, Callable[[], Any]]:
     }
 
 
-class StepClock(Callback):
-    def __init__(self, start: int, end: int) -> None:
-        self.start, self.end = start, end
-        self.t0 = self.t1 = self.c0 = self.c1 = 0.0
-        self.first = start
-
-    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
-        # One Lightning call runs many steps: start at the first call ending at or past start.
-        step = trainer.global_step
-        if step >= self.start and not self.t0:
-            self.t0, self.c0, self.first = time.perf_counter(), time.process_time(), step
-        elif step == self.end:
-            self.t1, self.c1 = time.perf_counter(), time.process_time()
-
-    @property
-    def steps(self) -> int:
-        return self.end - self.first
-
-
 class Timing(NamedTuple):
     rate: float
     """steps per second, wall clock"""
@@ -109,45 +94,32 @@ class Timing(NamedTuple):
     """process CPU time per step in ms (user + system, all threads)"""
 
 
-def lightning_run(
-    n_instances: int, source: Any, warmup: int, steps: int, threads: int
-) -> tuple[Timing, SAEModule]:
+def sae_module(n_instances: int, source: Any, total: int, threads: int) -> SAEModule:
+    """A fresh module of the benchmark's config, for ``total`` steps."""
+    return SAEModule(sae_config(n_instances, total, threads), D_IN, source)
+
+
+def lightning_run(module: SAEModule, warmup: int, steps: int) -> Timing:
     """Steps/s of train_saes' path: SAEModule + make_trainer(+MetricsFile, FiringHistogram)."""
-    total = warmup + steps
-    config = sae_config(n_instances, total, threads)
-    module = SAEModule(config, D_IN, source)
-    clock = StepClock(warmup, total)
-    t = config.train
-    with tempfile.TemporaryDirectory() as out:
-        trainer = make_trainer(
-            config.runtime,
-            total,
-            Path(out),
-            None,
-            callbacks=[clock, MetricsFile(Path(out)), FiringHistogram()],
-            log_every=t.log_every,
-            checkpoint_every=t.checkpoint_every,
-        )
-        run_fit(trainer, module, range(total), Path(out), resume=False)
-    n = clock.steps
-    return Timing(n / (clock.t1 - clock.t0), (clock.c1 - clock.c0) / n * 1e3), module
+    config = module.config
+    n, wall, cpu = lightning_times(
+        module,
+        config.runtime,
+        warmup,
+        warmup + steps,
+        config.train.log_every,
+        config.train.checkpoint_every,
+        lambda out: [MetricsFile(out), FiringHistogram()],
+    )
+    return Timing(n / wall, cpu / n * 1e3)
 
 
-def bare_run(
-    n_instances: int, source: Any, warmup: int, steps: int, threads: int
-) -> tuple[Timing, SAEModule]:
+def bare_run(module: SAEModule, warmup: int, steps: int) -> Timing:
     """The same step without Lightning (no metric logging)."""
-    total = warmup + steps
-    config = sae_config(n_instances, total, threads)
-    module = SAEModule(config, D_IN, source)
     module.initialize_from_data()
-    opt = module.configure_optimizers()
-    optimizer, schedule = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
-    device, l1_warmup = module.device, config.train.l1_warmup_steps
-    t0 = c0 = 0.0
-    for step in range(total):
-        if step == warmup:
-            t0, c0 = time.perf_counter(), time.process_time()
+    source, device, l1_warmup = module.source, module.device, module.config.train.l1_warmup_steps
+
+    def loss(step: int) -> torch.Tensor:
         x = source.block(step, 0, BATCH, device) * module.input_scale
         out = module.sae(x)
         l1 = module.l1_coefficient * warmup_factor(step, l1_warmup)
@@ -155,12 +127,10 @@ def bare_run(
         fired = torch.gt(out.codes, 0, out=torch.empty_like(out.codes)).sum(1)
         module.log_fired += fired
         module.log_samples += x.shape[0]
-        optimizer.zero_grad(set_to_none=True)
-        per_instance.sum().backward()
-        optimizer.step()
-        schedule.step()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    return Timing(steps / wall, cpu / steps * 1e3), module
+        return per_instance.sum()
+
+    wall, cpu = bare_times(module, warmup, warmup + steps, loss)
+    return Timing(steps / wall, cpu / steps * 1e3)
 
 
 class Product(NamedTuple):
@@ -205,34 +175,18 @@ def matmul_reference(n_instances: int, n: int = 20) -> dict[str, Product]:
     return result
 
 
-def machine() -> str:
-    model = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{model}, {os.cpu_count()} cores, load average {load:.1f}, torch {torch.__version__}"
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=300, help="timed steps per repeat")
-    ap.add_argument("--warmup", type=int, default=30, help="untimed steps first")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    ap = parser(__doc__)
+    add_steps(ap, 300, "timed steps per repeat", warmup=30)
+    add_repeats(ap, 3, [1, 2])
     ap.add_argument("--rows", type=int, default=131_072, help="rows in the activation file")
     ap.add_argument("--instances", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--sources", nargs="+", default=["file", "generated"])
     args = ap.parse_args()
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
-    shm = Path("/dev/shm")
-    root = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
-    print(f"SAE d_in {D_IN}, {D_SAE} latents, batch {BATCH}, april2024; {machine()}")
+    root = memory_folder()
+    print(f"SAE d_in {D_IN}, {D_SAE} latents, batch {BATCH}, april2024; {machine(load=True)}")
     with tempfile.TemporaryDirectory(dir=root) as folder:
         sources = make_sources(Path(folder), args.rows)
         for threads in args.threads:
@@ -243,12 +197,15 @@ def main() -> None:
 def run_threads(args: Any, sources: dict[str, Callable[[], Any]], threads: int, root: Any) -> None:
     # Same numbers: the Lightning path and the bare loop must end with identical weights.
     n_check = max(args.instances)
-    a = lightning_run(n_check, sources["file"](), 5, 20, threads)[1].sae.W_enc
-    b = bare_run(n_check, sources["file"](), 5, 20, threads)[1].sae.W_enc
+    a = sae_module(n_check, sources["file"](), 25, threads)
+    lightning_run(a, 5, 20)
+    b = sae_module(n_check, sources["file"](), 25, threads)
+    bare_run(b, 5, 20)
+    identical = torch.equal(a.sae.W_enc, b.sae.W_enc)
     print(
         f"\n### {threads} torch thread(s)\n\n{args.steps} timed steps after {args.warmup} "
         f"warm-up, {args.repeats} repeats; activation file in {root or 'a temporary folder'}; "
-        f"lightning and bare loop identical after 25 steps: {torch.equal(a, b)}\n"
+        f"lightning and bare loop identical after 25 steps: {identical}\n"
     )
     variants = [
         (n_inst, src, path)
@@ -260,7 +217,8 @@ def run_threads(args: Any, sources: dict[str, Callable[[], Any]], threads: int, 
     run = {"lightning": lightning_run, "bare loop": bare_run}
     for _ in range(args.repeats):  # interleaved, so drifting load hits every variant alike
         for n_inst, src, path in variants:
-            timing = run[path](n_inst, sources[src](), args.warmup, args.steps, threads)[0]
+            module = sae_module(n_inst, sources[src](), args.warmup + args.steps, threads)
+            timing = run[path](module, args.warmup, args.steps)
             runs[(n_inst, src, path)].append(timing)
 
     refs = {n: matmul_reference(n) for n in args.instances}

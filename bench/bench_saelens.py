@@ -39,9 +39,7 @@ field of the project's run config (e.g. ``--extra-set runtime.steps_per_call=1``
 
 from __future__ import annotations
 
-import argparse
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -49,6 +47,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from common import (
+    add_extra_set,
+    add_repeats,
+    add_steps,
+    load_averages,
+    machine,
+    memory_folder,
+    parser,
+    write_planted,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 D_IN, D_SAE, BATCH, L1, LR = 64, 256, 1024, 0.3, 1e-3
@@ -79,19 +88,6 @@ class Clock:
         steps = self.end - self.start
         wall, cpu = self.t[1] - self.t[0], self.c[1] - self.c[0]
         return Timing(steps * BATCH / wall, cpu / steps * 1e6)
-
-
-def write_activations(path: Path) -> None:
-    import torch
-
-    from sae.activations import write_activation_file
-
-    g = torch.Generator().manual_seed(0)
-    directions = torch.randn(FEATURES, D_IN, generator=g)
-    directions /= directions.norm(dim=-1, keepdim=True)
-    u = torch.rand(ROWS, FEATURES, generator=g)
-    codes = torch.where(u < DENSITY, u / DENSITY, 0.0)
-    write_activation_file(path, codes @ directions, ground_truth=directions)
 
 
 def set_field(config: Any, dotted: str) -> None:
@@ -224,33 +220,11 @@ def heldout_loss(weights: dict[str, Any], acts: Path) -> tuple[float, float, flo
     return rec, sparsity, rec + L1 * sparsity
 
 
-def machine() -> str:
-    import torch
-
-    model = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} cores, torch {torch.__version__}"
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=2000, help="timed steps per run")
-    ap.add_argument("--warmup", type=int, default=100, help="untimed steps first")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument(
-        "--extra-set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="set a field of the project's run config (repeatable)",
-    )
+    ap = parser(__doc__)
+    add_steps(ap, 2000, "timed steps per run", warmup=100)
+    add_repeats(ap, 3, 1)
+    add_extra_set(ap, "set a field of the project's run config (repeatable)")
     args = ap.parse_args()
     try:
         import sae_lens
@@ -274,13 +248,12 @@ def main() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     torch.set_num_threads(args.threads)
 
-    shm = Path("/dev/shm")
-    root = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+    root = memory_folder()
     runs: dict[str, list[Timing]] = {"this project (train_saes)": [], "SAELens (SAETrainer)": []}
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory(dir=root) as folder:
         acts = Path(folder) / "acts.safetensors"
-        write_activations(acts)
+        write_planted(acts, ROWS, FEATURES, D_IN, DENSITY)
         for r in range(args.repeats):  # alternating, so drifting load hits both alike
             a = project_run(acts, args.warmup, args.steps, args.threads, args.extra_set)
             b = saelens_run(acts, args.warmup, args.steps, args.threads)
@@ -304,10 +277,7 @@ def main() -> None:
         f"after {args.warmup} warm-up, {args.repeats} repeats; {args.threads} torch thread(s); "
         f"activation file in {root or 'a temporary folder'}; extra: {args.extra_set or 'none'}"
     )
-    print(
-        f"load average (1/5/15 min) before: {load0[0]:.2f} / {load0[1]:.2f} / {load0[2]:.2f}, "
-        f"after: {load1[0]:.2f} / {load1[1]:.2f} / {load1[2]:.2f}\n"
-    )
+    print(load_averages(load0, load1) + "\n")
     print(
         "| trainer | samples/s (median) | min - max | steps/s | CPU µs/step (median) | min - max "
         "| vs SAELens (samples/s) | vs SAELens (CPU) | held-out rec / sparsity / loss |"

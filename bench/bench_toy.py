@@ -12,21 +12,15 @@ Each repeat builds a fresh module (and trainer), runs ``--warmup`` steps untimed
 
 from __future__ import annotations
 
-import argparse
 import logging
-import os
 import platform
 import statistics
-import tempfile
-import time
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
-from lightning.pytorch.callbacks import Callback
+from common import add_repeats, add_steps, bare_times, lightning_times, machine, parser
 
-from sae.run.fit import make_trainer, run_fit
 from sae.run.runtime import RuntimeConfig, WandbConfig
 from toymodels.config import ToyConfig, ToyDataConfig, ToyModelConfig, ToyTrainConfig
 from toymodels.lightning_module import ToyModelModule
@@ -44,27 +38,6 @@ def toy_config(steps: int, threads: int, log_every: int = 100) -> ToyConfig:
     )
 
 
-class StepClock(Callback):
-    """Reads the clock after step ``start`` and after the last step (one int compare a step)."""
-
-    def __init__(self, start: int, end: int) -> None:
-        self.start, self.end = start, end
-        self.t0 = self.t1 = self.c0 = self.c1 = 0.0
-        self.first = start
-
-    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
-        # One Lightning call runs many steps: start at the first call ending at or past start.
-        step = trainer.global_step
-        if step >= self.start and not self.t0:
-            self.t0, self.c0, self.first = time.perf_counter(), time.process_time(), step
-        elif step == self.end:
-            self.t1, self.c1 = time.perf_counter(), time.process_time()
-
-    @property
-    def steps(self) -> int:
-        return self.end - self.first
-
-
 class Timing(NamedTuple):
     rate: float
     """steps per second, wall clock"""
@@ -80,60 +53,26 @@ def lightning_run(
     total = warmup + steps
     config = toy_config(total, threads, log_every)
     module = ToyModelModule(config)
-    clock = StepClock(warmup, total)
-    with tempfile.TemporaryDirectory() as out:
-        trainer = make_trainer(
-            config.runtime,
-            total,
-            Path(out),
-            None,
-            callbacks=[clock],
-            log_every=log_every,
-            checkpoint_every=checkpoint_every,
-        )
-        run_fit(trainer, module, range(total), Path(out), resume=False)
-    n = clock.steps
-    return Timing(n / (clock.t1 - clock.t0), (clock.c1 - clock.c0) / n * 1e6), module
+    n, wall, cpu = lightning_times(
+        module, config.runtime, warmup, total, log_every, checkpoint_every
+    )
+    return Timing(n / wall, cpu / n * 1e6), module
 
 
 def bare_run(warmup: int, steps: int, threads: int) -> tuple[Timing, ToyModelModule]:
     """The same step without Lightning: draw, loss, zero_grad, backward, AdamW, schedule."""
     total = warmup + steps
     module = ToyModelModule(toy_config(total, threads))
-    opt = module.configure_optimizers()
-    optimizer, schedule = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
-    t0 = c0 = 0.0
-    for step in range(total):
-        if step == warmup:
-            t0, c0 = time.perf_counter(), time.process_time()
-        loss = module.per_instance_loss(module.draw_batch(step)).sum()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    wall, cpu = bare_times(
+        module, warmup, total, lambda step: module.per_instance_loss(module.draw_batch(step)).sum()
+    )
     return Timing(steps / wall, cpu / steps * 1e6), module
 
 
-def machine() -> str:
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return f"{model}, {os.cpu_count()} cores, load average {load:.1f}, torch {torch.__version__}"
-
-
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=2000, help="timed steps per repeat")
-    ap.add_argument("--warmup", type=int, default=200, help="untimed steps first")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap = parser(__doc__)
+    add_steps(ap, 2000, "timed steps per repeat", warmup=200)
+    add_repeats(ap, 5, 1, "torch intra-op threads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -160,7 +99,7 @@ def main() -> None:
 
     print(
         f"toy sweep: 7 instances, n=20, m=5, batch 1024; {n} timed steps after {w} warm-up, "
-        f"{args.repeats} repeats, {t} torch thread(s); {machine()}"
+        f"{args.repeats} repeats, {t} torch thread(s); {machine(platform.processor(), load=True)}"
     )
     print(f"lightning and bare loop give identical weights after 50 steps: {identical}\n")
     print(table(runs, BARE))
