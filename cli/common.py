@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -84,12 +84,21 @@ class RunOptions:
         sections: tuple[str, ...] = ("",),
         prepare: bool = True,
         needs_checkpoint: bool = False,
+        layout: type[RunDir] = RunDir,
     ) -> tuple[T, Path, bool]:
         """``resolve_run`` with the --set overrides, then the device flags, then ``extra``;
-        ``needs_checkpoint``: a resumed run must have its checkpoint."""
+        ``needs_checkpoint``: a resumed run must have its checkpoint; ``layout``: the kind of
+        run folder (what --overwrite may remove)."""
         overrides = list(self.overrides) + self.device_overrides(sections) + list(extra)
         config, out, resuming = resolve_run(
-            cls, self.config_path, overrides, self.out_dir, self.resume_dir, self.overwrite, prepare
+            cls,
+            self.config_path,
+            overrides,
+            self.out_dir,
+            self.resume_dir,
+            self.overwrite,
+            prepare,
+            layout,
         )
         if resuming and needs_checkpoint:
             require_checkpoint(out)
@@ -121,6 +130,7 @@ def resolve_run(
     resume_dir: Path | None,
     overwrite: bool,
     prepare: bool = True,
+    layout: type[RunDir] = RunDir,
 ) -> tuple[T, Path, bool]:
     """The config and output folder of a run; refuses to clobber an existing run. With
     ``prepare=False`` the caller checks its inputs first, then calls ``prepare_out_dir`` (so a
@@ -138,7 +148,7 @@ def resolve_run(
         raise UsageError("missing option '--out'")
     config = load_config(cls, config_path, list(overrides))
     if prepare:
-        prepare_out_dir(out_dir, overwrite)
+        prepare_out_dir(out_dir, overwrite, layout)
     return config, out_dir, False
 
 
@@ -149,19 +159,47 @@ def require_checkpoint(out_dir: Path) -> None:
         raise UsageError(f"nothing to resume in {out_dir}: no {RunDir.RESUME_FROM}")
 
 
-def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
+def prepare_out_dir(
+    out_dir: Path,
+    overwrite: bool,
+    layout: type[RunDir] = RunDir,
+    inputs: Sequence[str | Path | None] = (),
+) -> None:
+    """Create ``out_dir``; a folder that already holds a run is refused, or with ``overwrite``
+    emptied of that run's outputs (``layout(out_dir).outputs()``) and nothing else. Anything
+    else in it (a user's file), or one of the command's ``inputs`` among the outputs, refuses
+    the overwrite before anything is removed."""
     if not is_main_process():  # a rank Lightning launched: rank 0 already prepared the folder
         out_dir.mkdir(parents=True, exist_ok=True)
         return
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"output folder {out_dir} is a file")
-    if RunDir(out_dir).holds_run():
+    run = layout(out_dir)
+    if run.holds_run():
         if not overwrite:
             raise UsageError(
                 f"{out_dir} already holds a run; use --resume {out_dir} to continue "
                 "it or --overwrite to replace it"
             )
-        shutil.rmtree(out_dir)
+        owned, foreign = run.outputs()
+        if foreign:
+            more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+            raise UsageError(
+                f"--overwrite removes only a run's own files, and {out_dir} also holds "
+                f"{foreign[0]}{more}; move it away or choose another --out"
+            )
+        for path in (Path(p).resolve() for p in inputs if p is not None):
+            for entry in (e.resolve() for e in owned):
+                if path == entry or entry in path.parents or path in entry.parents:
+                    raise UsageError(
+                        f"--overwrite would delete {path}, an input of this command; "
+                        "choose another --out"
+                    )
+        for entry in owned:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:

@@ -12,6 +12,9 @@ from cli.common import RunOptions, run_options
 def run(options: RunOptions) -> None:
     """Toy model -> activations -> SAE sweep -> scores -> report.md (with plots)."""
     from cli.pipeline import PipelineConfig, run_pipeline
+    from sae.run.layout import PipelineDir
 
-    config, out, resuming = options.resolve(PipelineConfig, sections=("toy.", "sae."))
+    config, out, resuming = options.resolve(
+        PipelineConfig, sections=("toy.", "sae."), layout=PipelineDir
+    )
     run_pipeline(config, out, resume=resuming, echo=lambda m: click.echo(m, err=True))

@@ -44,7 +44,7 @@ def train(
     config, out, resuming = run.resolve(SAERunConfig, extra, prepare=False, needs_checkpoint=True)
     source, info = build_source(config)  # a broken input fails before the folder is touched
     if not resuming:
-        prepare_out_dir(out, run.overwrite)
+        prepare_out_dir(out, run.overwrite, inputs=(config.data.activations, config.data.toy_dir))
     folders = train_saes(config, source, out, resume=resuming, source_info=info)
     if folders is not None:
         click.echo(f"wrote {len(folders)} SAE(s) to {out}")

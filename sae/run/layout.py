@@ -8,6 +8,7 @@ activations and an SAE run (``PipelineDir``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 
@@ -33,6 +34,11 @@ class RunDir:
     WANDB = "wandb"
     MARKERS = (CONFIG, CHECKPOINTS, METRICS, MODEL, REPORT)
     """Files whose presence means a folder already holds a run."""
+    OUTPUT_FILES = (CONFIG, RECORD, METRICS, METRICS_LOG, MODEL, REPORT)
+    """Files a toy or SAE run writes at the top of its folder."""
+    OUTPUT_FOLDERS = (CHECKPOINTS, PLOTS, WANDB)
+    """Folders a run writes and owns whole (``--overwrite`` removes them with all they hold)."""
+    SAE_FOLDER = re.compile(r"sae_\d+")
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -87,6 +93,33 @@ class RunDir:
     def holds_run(self) -> bool:
         return self.root.is_dir() and any((self.root / m).exists() for m in self.MARKERS)
 
+    def outputs(self) -> tuple[list[Path], list[Path]]:
+        """The entries of the folder a run of this kind writes (what ``--overwrite`` may
+        remove), and every other file in it (what it must not), both sorted. A run folder
+        owns ``checkpoints/``, ``plots/`` and ``wandb/`` whole; an ``sae_<k>/`` folder only
+        while it holds nothing but SAE files."""
+        owned: list[Path] = []
+        foreign: list[Path] = []
+        if self.root.is_dir():
+            for entry in sorted(self.root.iterdir()):
+                mine, strangers = self._classify(entry)
+                if strangers:
+                    foreign += strangers
+                else:
+                    (owned if mine else foreign).append(entry)
+        return owned, sorted(foreign)
+
+    def _classify(self, entry: Path) -> tuple[bool, list[Path]]:
+        """(whether ``entry`` is this run's output, foreign files inside it)."""
+        name, is_dir = entry.name, entry.is_dir() and not entry.is_symlink()
+        if not is_dir:
+            return name in self.OUTPUT_FILES, []
+        if name in self.OUTPUT_FOLDERS:
+            return True, []
+        if self.SAE_FOLDER.fullmatch(name):
+            return True, [p for p in sorted(entry.iterdir()) if p.name not in SAEDir.FILES]
+        return False, []
+
 
 class SAEDir:
     """One SAE's folder, in SAELens's layout, with its scores beside it."""
@@ -96,6 +129,8 @@ class SAEDir:
     EVAL_STATS = "eval_stats.json"
     COSINE_HEATMAP = "cosine_heatmap.png"
     BEST_COSINE_HIST = "best_cosine_hist.png"
+    FILES = (WEIGHTS, CFG, EVAL_STATS, COSINE_HEATMAP, BEST_COSINE_HIST)
+    """Everything training and scoring write into an SAE's folder."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
@@ -131,6 +166,13 @@ class PipelineDir(RunDir):
     TOY = "toy"
     ACTIVATIONS = "activations.safetensors"
     SAE = "sae"
+
+    def _classify(self, entry: Path) -> tuple[bool, list[Path]]:
+        if entry.name == self.ACTIVATIONS and not entry.is_dir():
+            return True, []
+        if entry.name in (self.TOY, self.SAE) and entry.is_dir() and not entry.is_symlink():
+            return True, RunDir(entry).outputs()[1]
+        return super()._classify(entry)
 
     @property
     def toy(self) -> RunDir:

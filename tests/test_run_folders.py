@@ -1,0 +1,161 @@
+"""Run folders keep what is not theirs and travel: ``--overwrite`` removes only a run's own
+files, ``--resume`` keeps the history in ``metrics.jsonl``, and a run folder scores from any
+working directory after it was moved.
+
+Commands run in this process (``run_cli``, as ``python -m cli.main`` does). An interrupted run
+is made without timing: a callback sends the process SIGINT at a fixed step, which the run's
+own signal handler turns into a checkpoint and a stop."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from cli.main import cli, run_cli
+
+QUIET = {"runtime": {"threads": 1, "progress_bar": False}, "wandb": {"enabled": False}}
+TOY = {
+    "model": {"kind": "relu_output", "n_features": 4, "n_hidden": 2},
+    "data": {"feature_probability": [0.1]},
+    "train": {"steps": 20, "batch_size": 32, "log_every": 10, "eval_samples": 256},
+    **QUIET,
+}
+SAE = {
+    "sae": {"d_sae": 8, "recipe": "constrained", "b_dec_init": "zeros"},
+    "sweep": {"l1_coefficient": [0.1, 0.3]},
+    "train": {"steps": 20, "batch_size": 32, "log_every": 10, "checkpoint_every": 10},
+    "data": {"init_samples": 64},
+    **QUIET,
+}
+PIPELINE = {"toy": TOY, "export": {"samples": 2000}, "sae": SAE}
+
+
+def write_yaml(path: Path, data: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def sae_cli(argv: list[Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = run_cli(cli.main, [str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def pipe(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One real ``sae run``: a toy run, an activation file and an SAE run of two SAEs."""
+    root = tmp_path_factory.mktemp("pipe")
+    cfg = write_yaml(root / "pipeline.yaml", PIPELINE)
+    torch.set_num_threads(1)
+    assert run_cli(cli.main, ["run", "--config", str(cfg), "--out", str(root / "run")]) == 0
+    return root / "run"
+
+
+def _commands(pipe: Path, tmp: Path) -> dict[str, list[Any]]:
+    return {
+        "toy": ["toy", "train", "--config", write_yaml(tmp / "toy.yaml", TOY)],
+        "sae": [
+            "train",
+            "--config",
+            write_yaml(tmp / "sae.yaml", SAE),
+            "--activations",
+            pipe / "activations.safetensors",
+        ],
+        "pipe": ["run", "--config", write_yaml(tmp / "pipe.yaml", PIPELINE)],
+    }
+
+
+def _seed(kind: str, pipe: Path, out: Path) -> None:
+    source = {"toy": pipe / "toy", "sae": pipe / "sae", "pipe": pipe}[kind]
+    shutil.copytree(source, out, dirs_exist_ok=True)
+
+
+# -- --overwrite ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kind", "where"),
+    [
+        ("toy", "top"),
+        ("sae", "top"),
+        ("pipe", "top"),
+        ("sae", "inside_sae_folder"),
+        ("pipe", "inside_sae_folder"),
+        ("pipe", "inside_stage"),
+    ],
+)
+def test_overwrite_refuses_a_folder_holding_other_files(
+    kind: str, where: str, pipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "exp"
+    _seed(kind, pipe, out)
+    sae_folder = {"toy": None, "sae": out / "sae_0", "pipe": out / "sae" / "sae_0"}[kind]
+    draft = {
+        "top": out / "paper_draft.md",
+        "inside_sae_folder": (sae_folder or out) / "notes.txt",
+        "inside_stage": out / "toy" / "notes.txt",
+    }[where]
+    draft.write_text("three weeks of writing\n")
+    argv = [*_commands(pipe, tmp_path)[kind], "--out", out, "--overwrite"]
+    before = snapshot(tmp_path)
+    code, _, err = sae_cli(argv, capsys)
+
+    assert code == 2, err
+    (line,) = err.splitlines()
+    assert line.startswith("error: ") and str(draft) in line, line
+    assert snapshot(tmp_path) == before  # nothing removed, nothing written
+
+
+def test_overwrite_of_the_working_directory_keeps_the_users_files(
+    pipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "work"
+    _seed("toy", pipe, work)
+    (work / "analysis.py").write_text("print('mine')\n")
+    argv = _commands(pipe, tmp_path)["toy"]
+    monkeypatch.chdir(work)
+    before = snapshot(work)
+    code, _, err = sae_cli([*argv, "--out", ".", "--overwrite"], capsys)
+    assert code == 2 and "analysis.py" in err and len(err.splitlines()) == 1, err
+    assert snapshot(work) == before
+
+
+@pytest.mark.parametrize("kind", ["toy", "sae", "pipe"])
+def test_overwrite_replaces_a_run_holding_only_its_own_files(
+    kind: str, pipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "exp"
+    _seed(kind, pipe, out)
+    stale = {"toy": out / "plots" / "old.png", "sae": out / "sae_7", "pipe": out / "sae" / "sae_7"}
+    stale[kind].mkdir(parents=True) if kind != "toy" else stale[kind].write_bytes(b"png")
+    if kind != "toy":
+        (stale[kind] / "cfg.json").write_text("{}")
+    argv = [*_commands(pipe, tmp_path)[kind], "--out", out, "--overwrite"]
+    code, _, err = sae_cli(argv, capsys)
+    assert code == 0, err
+    assert not stale[kind].exists()  # the old run's outputs went
+    assert (out / "config.yaml").exists()
+
+
+def test_overwrite_never_deletes_an_input_of_the_command(
+    pipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``sae train --toy exp --out exp --overwrite`` would delete the toy model it trains on."""
+    out = tmp_path / "exp"
+    _seed("toy", pipe, out)
+    sae_yaml = write_yaml(tmp_path / "sae.yaml", SAE)
+    argv = ["train", "--config", sae_yaml, "--toy", out, "--out", out, "--overwrite"]
+    before = snapshot(tmp_path)
+    code, _, err = sae_cli(argv, capsys)
+    assert code == 2 and "input" in err and len(err.splitlines()) == 1, err
+    assert snapshot(tmp_path) == before
