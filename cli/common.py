@@ -100,6 +100,10 @@ class RunOptions:
             prepare,
             layout,
         )
+        if resuming and layout(out).finished():
+            # Nothing to continue: say so and leave the folder as it is (exit status 0).
+            click.echo(f"{out} holds a finished run: nothing to resume, nothing changed", err=True)
+            raise click.exceptions.Exit(0)
         if resuming and needs_checkpoint:
             require_checkpoint(out)
         return config, out, resuming

@@ -392,6 +392,9 @@ def _prepare(case: Case, t: Path, base: Base) -> dict[str, str]:
     elif case.seed == "acts":
         shutil.copy(base.acts, out / "acts.safetensors")
     ckpt = out / "checkpoints" / "last.ckpt"
+    if case.damage in ("no_ckpt", "bad_ckpt"):  # an interrupted run: no final results yet
+        for name in ("run.json", "model.safetensors", "metrics.json"):
+            (out / name).unlink(missing_ok=True)
     if case.damage == "no_ckpt":
         shutil.rmtree(out / "checkpoints")
     elif case.damage == "bad_ckpt":

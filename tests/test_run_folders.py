@@ -8,7 +8,9 @@ own signal handler turns into a checkpoint and a stop."""
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import torch
 import yaml
 
 from cli.main import cli, run_cli
+from sae.run.metrics_log import MetricsFile, read_metrics
 
 QUIET = {"runtime": {"threads": 1, "progress_bar": False}, "wandb": {"enabled": False}}
 TOY = {
@@ -158,4 +161,74 @@ def test_overwrite_never_deletes_an_input_of_the_command(
     before = snapshot(tmp_path)
     code, _, err = sae_cli(argv, capsys)
     assert code == 2 and "input" in err and len(err.splitlines()) == 1, err
+    assert snapshot(tmp_path) == before
+
+
+# -- --resume ------------------------------------------------------------------------------------
+
+
+def _interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """Send this process SIGINT after the first chunk that ends at or past ``step``; the run's
+    own handler (StopOnSignal) then checkpoints and stops, as it does for a user's Ctrl-C."""
+    original = MetricsFile.on_chunk_end
+    sent: list[int] = []
+
+    def on_chunk_end(self: Any, trainer: Any, module: Any, out: Any) -> None:
+        original(self, trainer, module, out)
+        if trainer.global_step >= step and not sent:
+            sent.append(trainer.global_step)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(MetricsFile, "on_chunk_end", on_chunk_end)
+
+
+RESUMED = {
+    "sae": (["train"], {**SAE, "train": {**SAE["train"], "steps": 60}}),
+    "toy": (["toy", "train"], {**TOY, "train": {**TOY["train"], "steps": 60}}),
+}
+
+
+@pytest.mark.parametrize("kind", list(RESUMED))
+def test_resume_keeps_the_history_of_metrics_jsonl(
+    kind: str,
+    pipe: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    command, config = RESUMED[kind]
+    config = {**config, "runtime": {**config["runtime"], "steps_per_call": 5}}  # 5-step chunks
+    cfg = write_yaml(tmp_path / "config.yaml", config)
+    source = ["--activations", pipe / "activations.safetensors"] if kind == "sae" else []
+    out, ref = tmp_path / "run", tmp_path / "reference"
+
+    code, _, err = sae_cli([*command, "--config", cfg, *source, "--out", ref], capsys)
+    assert code == 0, err
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 30)
+        code, _, err = sae_cli([*command, "--config", cfg, *source, "--out", out], capsys)
+    assert code == 130 and "interrupted at step" in err, err
+    cut = read_metrics(out)
+    assert 0 < len(cut) < len(read_metrics(ref))
+
+    code, _, err = sae_cli([*command, "--resume", out], capsys)
+    assert code == 0, err
+    resumed, reference = read_metrics(out), read_metrics(ref)
+    assert [r["step"] for r in reference] == [9, 19, 29, 39, 49, 59]
+    assert resumed == reference  # same steps, same values (records hold no timing field)
+    assert resumed[: len(cut)] == cut
+
+
+@pytest.mark.parametrize("kind", ["toy", "sae", "pipe"])
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(
+    kind: str, pipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "exp"
+    _seed(kind, pipe, out)
+    command = {"toy": ["toy", "train"], "sae": ["train"], "pipe": ["run"]}[kind]
+    before = snapshot(tmp_path)
+    code, stdout, err = sae_cli([*command, "--resume", out], capsys)
+    assert code == 0, err
+    assert err.splitlines() == [f"{out} holds a finished run: nothing to resume, nothing changed"]
+    assert stdout == ""
     assert snapshot(tmp_path) == before

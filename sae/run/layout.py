@@ -93,6 +93,11 @@ class RunDir:
     def holds_run(self) -> bool:
         return self.root.is_dir() and any((self.root / m).exists() for m in self.MARKERS)
 
+    def finished(self) -> bool:
+        """Training is over and its results are written: an SAE run's ``run.json``, or a toy
+        run's ``model.safetensors`` and ``metrics.json``."""
+        return self.record.is_file() or (self.model.is_file() and self.metrics.is_file())
+
     def outputs(self) -> tuple[list[Path], list[Path]]:
         """The entries of the folder a run of this kind writes (what ``--overwrite`` may
         remove), and every other file in it (what it must not), both sorted. A run folder
@@ -166,6 +171,10 @@ class PipelineDir(RunDir):
     TOY = "toy"
     ACTIVATIONS = "activations.safetensors"
     SAE = "sae"
+
+    def finished(self) -> bool:
+        """Every stage ran and the report is written."""
+        return self.report.is_file()
 
     def _classify(self, entry: Path) -> tuple[bool, list[Path]]:
         if entry.name == self.ACTIVATIONS and not entry.is_dir():

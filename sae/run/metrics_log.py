@@ -3,8 +3,9 @@ logger call per logging step (Lightning's ``self.log`` costs ~0.4 ms per key, 30
 step for an 8-SAE sweep), and ``metrics.jsonl`` in the run folder with the same numbers.
 
 ``metrics.jsonl`` is appended one flushed line per logging step by rank 0; a crash can cut at
-most the last line, which ``read_metrics`` skips. On resume, records at or past the resumed step
-are dropped first (that rewrite is atomic)."""
+most the last line, which ``read_metrics`` skips. On resume, records at or past the step the
+checkpoint resumes from are dropped first (that rewrite is atomic): the records before it stay,
+so a resumed run's file equals an uninterrupted run's."""
 
 from __future__ import annotations
 
@@ -43,7 +44,10 @@ class MetricsFile(ChunkCallback):
     def __init__(self, out_dir: Path) -> None:
         self.path = RunDir(out_dir).metrics_log
 
-    def on_fit_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+    def on_train_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # Lightning restores the step counter from the checkpoint after on_fit_start, so this
+        # is the first hook that knows where a resumed run continues (0 for a fresh run). It
+        # does not run at all when the checkpoint is already at the last step.
         if trainer.is_global_zero and self.path.exists():  # resuming: drop what gets redone
             kept = [r for r in read_metrics(self.path.parent) if r["step"] < trainer.global_step]
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
