@@ -650,6 +650,10 @@ def score_dictionary(
 # ----------------------------------------------------------------------------- streaming
 
 
+SHRINKAGE_MIN_NORM = 1e-6
+"""Samples with a smaller input norm are left out of ``shrinkage`` (SAELens's cutoff)."""
+
+
 class ReconstructionStats:
     """Streaming reconstruction, sparsity and detection statistics over held-out batches.
 
@@ -666,8 +670,9 @@ class ReconstructionStats:
     - ``mse`` = mean squared error per element
     - ``sae_l0`` = mean number of latents > 0 per sample; ``true_l0`` likewise for true codes
     - ``dead_latents`` = latents never > 0 on the eval set (also ``dead_fraction``)
-    - ``shrinkage = E||x_hat|| / E||x||``: a ratio of means, which needs no cutoff for
-      near-zero inputs (SAELens averages the per-sample ratio over inputs with norm > 1e-6)
+    - ``shrinkage`` = mean over samples with ``||x|| > 1e-6`` of ``||x_hat|| / ||x||``:
+      SAELens's definition (``synthetic.evals.ShrinkageCalculator``; NaN, where SAELens says
+      0, when no sample qualifies)
     """
 
     def __init__(
@@ -693,8 +698,8 @@ class ReconstructionStats:
         self._sum_sq_err = torch.zeros((), dtype=f64, device=dev)
         self._sum_sq_x = torch.zeros((), dtype=f64, device=dev)
         self._sum_x = torch.zeros(x.shape[1], dtype=f64, device=dev)
-        self._sum_norm_x = torch.zeros((), dtype=f64, device=dev)
-        self._sum_norm_xhat = torch.zeros((), dtype=f64, device=dev)
+        self._sum_norm_ratio = torch.zeros((), dtype=f64, device=dev)
+        self._n_norm_ratio = torch.zeros((), dtype=torch.long, device=dev)
         self._fires = torch.zeros(codes.shape[1], dtype=torch.long, device=dev)
         self._with_true = true_codes is not None
         if true_codes is not None:
@@ -747,8 +752,11 @@ class ReconstructionStats:
         self._sum_sq_err += (x64 - xh64).square().sum()
         self._sum_sq_x += x64.square().sum()
         self._sum_x += x64.sum(dim=0)
-        self._sum_norm_x += x64.norm(dim=1).sum()
-        self._sum_norm_xhat += xh64.norm(dim=1).sum()
+        norm_x = x64.norm(dim=1)
+        counted = norm_x > SHRINKAGE_MIN_NORM
+        ratio = xh64.norm(dim=1) / norm_x.clamp(min=SHRINKAGE_MIN_NORM)
+        self._sum_norm_ratio += torch.where(counted, ratio, torch.zeros_like(ratio)).sum()
+        self._n_norm_ratio += counted.sum()
         fires = codes.detach() > 0
         self._fires += fires.sum(dim=0, dtype=torch.int32)
         if true_codes is not None:
@@ -794,7 +802,9 @@ class ReconstructionStats:
             "dead_latents": dead.sum(),
             "dead_fraction": dead.mean(),
             "shrinkage": torch.where(
-                self._sum_norm_x > 0, self._sum_norm_xhat / self._sum_norm_x, nan
+                self._n_norm_ratio > 0,
+                self._sum_norm_ratio / self._n_norm_ratio.clamp(min=1),
+                nan,
             ),
         }
         arrays = {"latent_firing_rate": self._fires.to(f64) / n}

@@ -281,8 +281,12 @@ def test_explained_variance_exact_cases():
     assert m["explained_variance"] == pytest.approx(0.0, abs=1e-12)
     var = x.double().var(dim=0, unbiased=False).sum().item()
     assert m["mse"] == pytest.approx(var / 5, rel=1e-12)
-    assert m["shrinkage"] == pytest.approx(
-        x.mean(dim=0).norm().item() / x.norm(dim=1).mean().item(), rel=1e-6
+    # SAELens's shrinkage: the mean of the per-sample ratio ||x_hat|| / ||x|| (not a ratio of
+    # means: here that would be ||E x|| / E||x||, a different number).
+    per_sample = x.mean(dim=0).norm().item() / x.norm(dim=1)
+    assert m["shrinkage"] == pytest.approx(per_sample.mean().item(), rel=1e-6)
+    assert m["shrinkage"] != pytest.approx(
+        x.mean(dim=0).norm().item() / x.norm(dim=1).mean().item(), rel=1e-4
     )
     assert p["n_samples"] == 10
 
@@ -384,3 +388,17 @@ def test_plots_write_png(tmp_path):
     for path in (heat, hist):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("**/.*.tmp"))
+
+
+def test_shrinkage_is_the_mean_of_per_sample_norm_ratios_as_in_saelens():
+    """SAELens 6.x ``ShrinkageCalculator``: mean over samples with ||x|| > 1e-6 of
+    ||x_hat|| / ||x|| (its value on these rows is 1.25, checked with sae-lens 6.54)."""
+    x = torch.tensor([[3.0, 4.0], [0.0, 0.0], [1.0, 0.0]])
+    x_hat = torch.tensor([[0.0, 2.5], [1.0, 1.0], [2.0, 0.0]])  # ratios 0.5, skipped, 2.0
+    stats = ReconstructionStats()
+    stats.update(x[:2], x_hat[:2], torch.ones(2, 4))
+    stats.update(x[2:], x_hat[2:], torch.ones(1, 4))
+    assert stats.compute()["shrinkage"] == pytest.approx(1.25, rel=1e-12)
+    empty = ReconstructionStats()
+    empty.update(torch.zeros(2, 2), torch.ones(2, 2), torch.ones(2, 4))
+    assert math.isnan(empty.compute()["shrinkage"])
