@@ -15,7 +15,7 @@ from typing import Any
 
 from sae.activations import GroundTruth
 from sae.run.errors import UsageError
-from sae.run.layout import RunDir
+from sae.run.layout import RunDir, SAEDir
 
 
 def read_run_record(run_dir: str | Path) -> dict[str, Any]:
@@ -34,17 +34,36 @@ def evaluate_run(
     """Evaluate each ``sae_<k>`` of a run on ``accelerator`` (see ``sae.evaluate.ACCELERATORS``)
     against ``ground_truth(run folder, run record)``; returns name -> {scalars, cfg, plots,
     features}."""
-    from sae.evaluate import evaluate_sae, resolve_device, write_eval
-    from sae.io import load_sae
     from sae.run.runtime import reopen_wandb
 
-    device = resolve_device(accelerator)
     layout = RunDir(run_dir)
     run = read_run_record(run_dir)
     truth = ground_truth(layout, run)
+    folders = [layout.root / name for name in run["instances"]]
+    results = score_saes(folders, truth, accelerator)
+    _log_to_wandb(reopen_wandb(run.get("wandb")), results)
+    return results
+
+
+def is_sae_folder(path: str | Path) -> bool:
+    """One SAE in SAELens's layout (``cfg.json`` + ``sae_weights.safetensors``), not a run."""
+    folder = SAEDir(path)
+    return folder.weights.is_file() and folder.cfg.is_file() and not RunDir(path).record.exists()
+
+
+def score_saes(
+    folders: list[Path], truth: GroundTruth, accelerator: str = "auto"
+) -> dict[str, dict[str, Any]]:
+    """Evaluate each SAE folder (ours or SAELens's) against ``truth``; writes
+    ``eval_stats.json`` and the plots beside each SAE; returns folder name -> {scalars, cfg,
+    plots, features}."""
+    from sae.evaluate import evaluate_sae, resolve_device, write_eval
+    from sae.io import load_sae
+
+    device = resolve_device(accelerator)
     results: dict[str, dict[str, Any]] = {}
-    for name in run["instances"]:
-        folder = layout.root / name
+    for folder in folders:
+        name = folder.name
         loaded = load_sae(folder)
         width = truth.directions.shape[1]
         if width != loaded.d_in:
@@ -60,14 +79,15 @@ def evaluate_run(
             truth.names,
             device=device,
         )
-        plots = write_eval(folder, result, title=f"{name}, l1={loaded.cfg['l1_coefficient']:g}")
+        l1 = loaded.cfg.get("l1_coefficient")
+        title = name if l1 is None else f"{name}, l1={l1:g}"
+        plots = write_eval(folder, result, title=title)
         results[name] = {
             "scalars": result["scalars"],
             "cfg": loaded.cfg,
             "plots": plots,
             "features": result["features"],
         }
-    _log_to_wandb(reopen_wandb(run.get("wandb")), results)
     return results
 
 
