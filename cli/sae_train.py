@@ -42,6 +42,11 @@ def train(
     if instance is not None:
         extra.append(f"data.toy_instance={instance}")
     config, out, resuming = run.resolve(SAERunConfig, extra, prepare=False, needs_checkpoint=True)
+    if resuming:  # the saved config keeps its data paths relative to the run folder
+        from cli.sources import in_place
+        from sae.run.layout import RunDir
+
+        config = in_place(config, RunDir(out))
     source, info = build_source(config)  # a broken input fails before the folder is touched
     if not resuming:
         prepare_out_dir(out, run.overwrite, inputs=(config.data.activations, config.data.toy_dir))

@@ -58,7 +58,7 @@ def ground_truth(
     model."""
     if activations is not None:
         return file_ground_truth(ActivationFile(activations), 0, batch_size)
-    config = load_config(SAERunConfig, run.config)
+    config = in_place(load_config(SAERunConfig, run.config), run, record.get("source"))
     if not _is_file(config):
         from toymodels.export import ToyActivationSource
 
@@ -76,6 +76,20 @@ def ground_truth(
             " pass --activations with a separate file"
         )
     return truth
+
+
+def in_place(
+    config: SAERunConfig, run: RunDir, source: dict[str, Any] | None = None
+) -> SAERunConfig:
+    """A run's saved config with its data paths usable from here: they are kept relative to
+    the run folder (``RunDir.find_path``; old runs' absolute paths stand). ``source``: the
+    run's record of its data, with the absolute paths training had."""
+    data, source = config.data, source or {}
+    if data.activations:
+        data.activations = str(run.find_path(data.activations, source.get("activations_absolute")))
+    if data.toy_dir:
+        data.toy_dir = str(run.find_path(data.toy_dir, source.get("toy_dir_absolute")))
+    return config
 
 
 def _is_file(config: SAERunConfig) -> bool:

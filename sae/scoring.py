@@ -41,7 +41,10 @@ def evaluate_run(
     truth = ground_truth(layout, run)
     folders = [layout.root / name for name in run["instances"]]
     results = score_saes(folders, truth, accelerator)
-    _log_to_wandb(reopen_wandb(run.get("wandb")), results)
+    info = run.get("wandb")
+    if info and info.get("dir"):  # kept relative to the run folder
+        info = {**info, "dir": str(layout.find_path(info["dir"]))}
+    _log_to_wandb(reopen_wandb(info), results)
     return results
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,23 +29,56 @@ def train_saes(
     """Train every instance of the sweep; on rank 0 write ``config.yaml``, ``metrics.jsonl`` and
     ``sae_<k>/{sae_weights.safetensors,cfg.json}``. Returns the SAE folders (None off rank 0)."""
     out_dir = Path(out_dir)
+    run = RunDir(out_dir)
     module = SAEModule(config, source.d, source)
+    callbacks = [MetricsFile(out_dir), FiringHistogram()]
     try:
-        result = fit(module, config, out_dir, resume, [MetricsFile(out_dir), FiringHistogram()])
+        # config.yaml keeps the data paths relative to the run folder (the run stays portable)
+        result = fit(module, portable_config(config, run), out_dir, resume, callbacks)
     finally:
         source.close()  # stops a prefetching thread, frees device-resident rows
     if not result.is_global_zero:
         return None
-    folders = save_instances(module, config, out_dir, source_info or {})
+    source_info = portable_record(source_info or {}, run)
+    folders = save_instances(module, config, out_dir, source_info)
+    wandb_info = wandb_run_info(result.logger)
+    if wandb_info is not None:
+        wandb_info["dir"] = run.stored_path(wandb_info["dir"])
     run_record = {
         "instances": [f.name for f in folders],
-        "source": source_info or {},
+        "source": source_info,
         **result.run_facts(),
-        "wandb": wandb_run_info(result.logger),
+        "wandb": wandb_info,
     }
     write_json(RunDir(out_dir).record, run_record)
     finish_wandb(result.logger)
     return folders
+
+
+PATH_KEYS = ("activations", "toy_dir")
+"""The data paths of a run's config (``data.*``) and record (``source.*``)."""
+
+
+def portable_config(config: SAERunConfig, run: RunDir) -> SAERunConfig:
+    """``config`` with its data paths relative to the run folder (``RunDir.find_path`` reads
+    them back)."""
+    data = config.data
+    paths = {k: run.stored_path(getattr(data, k)) for k in PATH_KEYS if getattr(data, k)}
+    return dataclasses.replace(config, data=dataclasses.replace(data, **paths))
+
+
+def portable_record(record: dict[str, Any], folder: RunDir) -> dict[str, Any]:
+    """A source record with its paths relative to ``folder``, each followed by the absolute
+    path it had at training time (``<key>_absolute``: found there when the run folder moved
+    without its data)."""
+    out: dict[str, Any] = {}
+    for k, v in record.items():
+        if k in PATH_KEYS and v:
+            out[k] = folder.stored_path(v)
+            out[f"{k}_absolute"] = os.path.abspath(v)
+        elif not k.endswith("_absolute"):
+            out[k] = v
+    return out
 
 
 def save_instances(
@@ -51,6 +86,7 @@ def save_instances(
 ) -> list[Path]:
     l1, lr, seeds = config.sweep.expanded()
     scale = float(module.input_scale)
+    run = RunDir(out_dir)
     folders = []
     for k in range(module.sae.n_instances):
         cfg = {
@@ -66,7 +102,12 @@ def save_instances(
             "input_scale_folded": scale,
             "source": source_info,
         }
-        folder = RunDir(out_dir).sae(k).root
+        folder = run.sae(k).root
+        # cfg.json's paths are relative to the SAE's own folder, like every file's in a run
+        in_run = {
+            key: run.find_path(v) if key in PATH_KEYS and v else v for key, v in source_info.items()
+        }
+        cfg["source"] = portable_record(in_run, RunDir(folder))
         save_sae(folder, module.sae.instance_weights(k, scale), cfg)
         folders.append(folder)
     return folders

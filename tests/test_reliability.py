@@ -389,6 +389,8 @@ def _prepare(case: Case, t: Path, base: Base) -> dict[str, str]:
     seeds = {"toy": base.toy_run, "sae": base.sae_run, "pipe": base.pipe_run}
     if case.seed in seeds:
         shutil.copytree(seeds[case.seed], out, dirs_exist_ok=True)
+        if case.seed == "sae":  # the run travels with its data (its paths are relative to it)
+            shutil.copy(base.acts, t / "activations.safetensors")
     elif case.seed == "acts":
         shutil.copy(base.acts, out / "acts.safetensors")
     ckpt = out / "checkpoints" / "last.ckpt"

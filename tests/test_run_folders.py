@@ -8,6 +8,7 @@ own signal handler turns into a checkpoint and a stop."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -232,3 +233,85 @@ def test_resume_of_a_finished_run_says_so_and_changes_nothing(
     assert err.splitlines() == [f"{out} holds a finished run: nothing to resume, nothing changed"]
     assert stdout == ""
     assert snapshot(tmp_path) == before
+
+
+# -- portable runs -------------------------------------------------------------------------------
+
+
+def _scores(capsys: pytest.CaptureFixture[str], run: str | Path) -> dict[str, Any]:
+    code, out, err = sae_cli(["eval", run, "--json"], capsys)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_a_run_scores_from_any_directory_and_after_moving(
+    pipe: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(pipe / "activations.safetensors", project / "acts.safetensors")
+    cfg = write_yaml(tmp_path / "sae.yaml", SAE)
+    monkeypatch.chdir(project)  # paths as a user types them: relative to where they stand
+    code, _, err = sae_cli(
+        ["train", "--config", cfg, "--activations", "acts.safetensors", "--out", "runs/a"],
+        capsys,
+    )
+    assert code == 0, err
+    run = project / "runs" / "a"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    record = json.loads((run / "run.json").read_text())
+    assert saved["data"]["activations"] == "../../acts.safetensors"  # relative to the run
+    assert record["source"]["activations"] == "../../acts.safetensors"
+    sae_cfg = json.loads((run / "sae_0" / "cfg.json").read_text())
+    assert sae_cfg["source"]["activations"] == "../../../acts.safetensors"
+    reference = _scores(capsys, "runs/a")
+
+    monkeypatch.chdir(tmp_path)  # another working directory
+    assert _scores(capsys, run) == reference
+    lonely = tmp_path / "lonely" / "a"  # the run copied alone: its data stayed where it was
+    shutil.copytree(run, lonely)
+    assert _scores(capsys, lonely) == reference
+    moved = tmp_path / "elsewhere" / "project"  # the project moved, data and run together
+    shutil.move(project, moved)
+    monkeypatch.chdir(moved / "runs" / "a")
+    assert _scores(capsys, ".") == reference
+
+    # Runs written before paths were kept relative: absolute paths, and paths relative to
+    # the directory the run was started from (read from there), still score.
+    config = moved / "runs" / "a" / "config.yaml"
+    saved["data"]["activations"] = str(moved / "acts.safetensors")
+    write_yaml(config, saved)
+    monkeypatch.chdir(tmp_path)
+    assert _scores(capsys, moved / "runs" / "a") == reference
+    saved["data"]["activations"] = "acts.safetensors"
+    write_yaml(config, saved)
+    monkeypatch.chdir(moved)
+    assert _scores(capsys, "runs/a") == reference
+
+
+def test_an_interrupted_run_resumes_after_moving(
+    pipe: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(pipe / "activations.safetensors", project / "acts.safetensors")
+    config = {**SAE, "train": {**SAE["train"], "steps": 60}}
+    config["runtime"] = {**config["runtime"], "steps_per_call": 5}
+    cfg = write_yaml(tmp_path / "sae.yaml", config)
+    monkeypatch.chdir(project)
+    argv = ["train", "--config", cfg, "--activations", "acts.safetensors", "--out", "run"]
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 30)
+        code, _, err = sae_cli(argv, capsys)
+    assert code == 130, err
+    moved = tmp_path / "moved"
+    shutil.move(project, moved)
+    monkeypatch.chdir(tmp_path)
+    code, _, err = sae_cli(["train", "--resume", moved / "run"], capsys)
+    assert code == 0, err
+    assert [r["step"] for r in read_metrics(moved / "run")] == [9, 19, 29, 39, 49, 59]
+    saved = yaml.safe_load((moved / "run" / "config.yaml").read_text())
+    assert saved["data"]["activations"] == "../acts.safetensors"

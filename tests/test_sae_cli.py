@@ -4,6 +4,7 @@ offline logging read back from the run's own record file, and errors."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -64,7 +65,10 @@ def test_train_on_an_activation_file(acts, tmp_path, capsys) -> None:
     for k, lam in enumerate([0.1, 0.3, 1.0]):
         loaded = load_sae(out / f"sae_{k}")
         assert loaded.cfg["l1_coefficient"] == lam and loaded.cfg["instance"] == k
-        assert loaded.cfg["source"]["activations"] == str(acts)
+        # kept relative to the SAE's folder (the run is portable), and where it was
+        source = loaded.cfg["source"]
+        assert (out / f"sae_{k}" / source["activations"]).resolve() == acts.resolve()
+        assert source["activations_absolute"] == os.path.abspath(acts)
         assert loaded.batched().W_enc.shape == (1, 8, 24)
     assert [r["step"] for r in read_metrics(out)] == [9, 19, 29, 39, 49]
     # The folder now holds a run: training into it again is refused without --overwrite.
@@ -83,7 +87,8 @@ def test_train_on_a_live_toy_model(toy_dir, tmp_path, capsys) -> None:
     assert code == 0, capsys.readouterr().err
     for k in range(2):
         cfg = load_sae(out / f"sae_{k}").cfg
-        assert cfg["source"] == {"toy_dir": str(toy_dir), "toy_instance": 1}
+        assert (out / f"sae_{k}" / cfg["source"]["toy_dir"]).resolve() == toy_dir.resolve()
+        assert cfg["source"]["toy_instance"] == 1
         assert cfg["d_in"] == 2 and cfg["seed"] == k
     record = read_metrics(out)[-1]
     assert math.isfinite(record["loss/instance_1"])

@@ -8,6 +8,7 @@ activations and an SAE run (``PipelineDir``).
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -92,6 +93,26 @@ class RunDir:
 
     def holds_run(self) -> bool:
         return self.root.is_dir() and any((self.root / m).exists() for m in self.MARKERS)
+
+    def stored_path(self, path: str | Path) -> str:
+        """``path`` as this run's files keep it: relative to the run folder, so the run still
+        finds it from another working directory, or after both moved together."""
+        return os.path.relpath(Path(path).absolute(), self.root.absolute())
+
+    def find_path(self, stored: str | Path, absolute: str | Path | None = None) -> Path:
+        """A path read from this run's files, usable from here: a relative one is relative to
+        the run folder; an absolute one stands. A relative path not found there is looked for
+        at ``absolute`` (where it was at training time: the run folder moved without its data),
+        then from the working directory (old runs kept paths as given on the command line)."""
+        path = Path(stored)
+        if path.is_absolute():
+            return path
+        here = self.root / path
+        if not here.exists():
+            for other in (Path(absolute) if absolute else None, path):
+                if other is not None and other.exists():
+                    return other
+        return here
 
     def finished(self) -> bool:
         """Training is over and its results are written: an SAE run's ``run.json``, or a toy
