@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import click
 
+from cli.config_view import announce, flush, warn
 from sae.run.config_io import load_config
 from sae.run.errors import UsageError
 from sae.run.layout import RunDir
@@ -24,18 +25,16 @@ _CONFIG_OPTIONS = (
     click.option(
         "--config", "config_path", type=click.Path(path_type=Path), help="YAML config file."
     ),
-    click.option(
-        "--set",
-        "overrides",
-        multiple=True,
-        metavar="KEY=VALUE",
-        help="Override a config value, e.g. --set model.n_hidden=5 (repeatable).",
-    ),
     click.option("--out", "out_dir", type=_FOLDER, help="Output folder."),
     click.option(
         "--resume", "resume_dir", type=_FOLDER, help="Continue the interrupted run in this folder."
     ),
     click.option("--overwrite", is_flag=True, help="Replace an existing run in the output folder."),
+    click.option(
+        "--print-config",
+        is_flag=True,
+        help="Print the resolved config (defaults, file, --set) as YAML and exit.",
+    ),
 )
 _DEVICE_OPTIONS = (
     click.option("--devices", type=int, help="Devices (processes) per node."),
@@ -63,6 +62,7 @@ class RunOptions:
     strategy: str | None
     num_nodes: int | None
     accelerator: str | None
+    print_config: bool = False
 
     def device_overrides(self, sections: tuple[str, ...] = ("",)) -> list[str]:
         """``runtime.<flag>=<value>`` for each device flag given, under each of ``sections``
@@ -90,6 +90,14 @@ class RunOptions:
         ``needs_checkpoint``: a resumed run must have its checkpoint; ``layout``: the kind of
         run folder (what --overwrite may remove)."""
         overrides = list(self.overrides) + self.device_overrides(sections) + list(extra)
+        announce(
+            cls,
+            self.config_path,
+            self.resume_dir,
+            overrides,
+            self.print_config,
+            is_main_process(),
+        )
         config, out, resuming = resolve_run(
             cls,
             self.config_path,
@@ -106,12 +114,23 @@ class RunOptions:
             raise click.exceptions.Exit(0)
         if resuming and needs_checkpoint:
             require_checkpoint(out)
+        warn(config, is_main_process())
+        if prepare:  # else the caller checks its inputs first, then calls config_view.flush()
+            flush()
         return config, out, resuming
 
 
-def run_options(*between: Callable[[F], F]) -> Callable[[F], F]:
+def run_options(*between: Callable[[F], F], example: str = "model.n_hidden=5") -> Callable[[F], F]:
     """The options of a run command, passed to it as one ``RunOptions`` (its first argument):
-    the config options, then the command's own options ``between``, then the device flags."""
+    the config options, then the command's own options ``between``, then the device flags.
+    ``example``: the ``--set`` of the help text (a valid override of this command's config)."""
+    override = click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help=f"Override a config value, e.g. --set {example} (repeatable).",
+    )
 
     def decorate(f: F) -> F:
         @functools.wraps(f)
@@ -119,7 +138,8 @@ def run_options(*between: Callable[[F], F]) -> Callable[[F], F]:
             run = RunOptions(**{k: kwargs.pop(k) for k in RunOptions.__dataclass_fields__})
             return f(run, **kwargs)
 
-        for option in reversed(_CONFIG_OPTIONS + between + _DEVICE_OPTIONS):
+        options = _CONFIG_OPTIONS[:1] + (override,) + _CONFIG_OPTIONS[1:]
+        for option in reversed(options + between + _DEVICE_OPTIONS):
             command = option(command)
         return command  # type: ignore[return-value]
 

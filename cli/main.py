@@ -3,6 +3,7 @@ status 2 (usage) or 1 (runtime); ``--debug`` shows the traceback instead."""
 
 from __future__ import annotations
 
+import functools
 import sys
 import traceback
 from collections.abc import Callable
@@ -10,15 +11,24 @@ from typing import Any
 
 import click
 
+from cli.configs import configs
 from cli.evaluate import eval_command
 from cli.run import run
 from cli.sae_train import train
 from cli.toy import toy
 from sae.run.errors import ToolkitError
 
+# Nothing imported at start-up may import torch, Lightning or wandb: `sae --help` and argument
+# errors answer at once (tests/test_cli.py checks); commands import what they need when they run.
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--debug", is_flag=True, help="Show full tracebacks and Lightning's own messages.")
+@click.version_option(package_name="sae-toolkit", prog_name="sae")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show full tracebacks and Lightning's own messages (also after the command).",
+)
 def cli(debug: bool) -> None:
     """Train toy models of superposition, train SAEs on their activations, score the SAEs
     against the known features."""
@@ -28,6 +38,33 @@ cli.add_command(toy)
 cli.add_command(train)
 cli.add_command(eval_command)
 cli.add_command(run)
+cli.add_command(configs)
+
+_quiet = {"libraries": True}  # run_cli sets it; False with --debug
+
+
+def _quiet_first(callback: Callable[..., Any]) -> Callable[..., Any]:
+    """A command's callback that first quiets the libraries (it runs only after the command
+    line parsed, so --help and argument errors never import Lightning)."""
+
+    @functools.wraps(callback)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        if _quiet["libraries"]:
+            quiet_libraries()
+        return callback(*args, **kwargs)
+
+    return command
+
+
+def _wrap_commands(group: click.Group) -> None:
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _wrap_commands(command)
+        elif command.callback is not None and command is not configs:  # configs needs none
+            command.callback = _quiet_first(command.callback)
+
+
+_wrap_commands(cli)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,23 +74,38 @@ def main(argv: list[str] | None = None) -> None:
 
 def quiet_libraries() -> None:
     """Keep stderr for our own messages: Lightning's start-up notes (accelerator lines, tips)
-    and third-party deprecation warnings only show with --debug."""
+    only show with --debug. Called when a command runs (importing Lightning takes seconds)."""
     import logging
-    import warnings
 
     import lightning.pytorch  # noqa: F401  (its import sets its loggers to INFO; override after)
 
     for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_warnings()
+
+
+def quiet_warnings() -> None:
+    """Third-party deprecation warnings only show with --debug."""
+    import warnings
+
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*litlogger.*")
 
 
+def split_debug(argv: list[str]) -> tuple[list[str], bool]:
+    """``--debug`` anywhere before a ``--`` (``sae --debug train ...`` or ``sae train --debug
+    ...``): the arguments without it, and whether it was there."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    rest = [a for a in argv[:end] if a != "--debug"] + argv[end:]
+    return rest, len(rest) != len(argv)
+
+
 def run_cli(entry: Callable[..., Any], argv: list[str] | None) -> int:
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    argv, debug = split_debug(list(argv if argv is not None else sys.argv[1:]))
+    _quiet["libraries"] = not debug
     if not debug:
-        quiet_libraries()
+        quiet_warnings()
     try:
         entry(args=argv, standalone_mode=False, prog_name="sae")
         return 0

@@ -40,6 +40,9 @@ class PipelineConfig(Config):
     export: ExportConfig = field(default_factory=ExportConfig)
     sae: SAERunConfig = field(default_factory=SAERunConfig)
 
+    def warnings(self) -> list[str]:
+        return self.sae.warnings(prefix="sae.")
+
 
 def run_pipeline(
     config: PipelineConfig, out_dir: Path, resume: bool = False, echo: Any = print

@@ -8,7 +8,7 @@ from cli.common import RunOptions, run_options
 
 
 @click.command("run")
-@run_options()
+@run_options(example="toy.model.n_hidden=5")
 def run(options: RunOptions) -> None:
     """Toy model -> activations -> SAE sweep -> scores -> report.md (with plots)."""
     from cli.pipeline import PipelineConfig, run_pipeline

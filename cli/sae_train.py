@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from cli.common import RunOptions, prepare_out_dir, run_options
+from cli.config_view import flush
 
 
 @click.command("train")
@@ -25,6 +26,7 @@ from cli.common import RunOptions, prepare_out_dir, run_options
         help="Trained toy-model folder: draw fresh activations every step.",
     ),
     click.option("--instance", type=int, default=None, help="Toy-model instance (with --toy)."),
+    example="sae.d_sae=64",
 )
 def train(
     run: RunOptions, activations: Path | None, toy_dir: Path | None, instance: int | None
@@ -50,6 +52,7 @@ def train(
     source, info = build_source(config)  # a broken input fails before the folder is touched
     if not resuming:
         prepare_out_dir(out, run.overwrite, inputs=(config.data.activations, config.data.toy_dir))
+    flush()  # the input checked out: the notes and warnings on the config
     folders = train_saes(config, source, out, resume=resuming, source_info=info)
     if folders is not None:
         click.echo(f"wrote {len(folders)} SAE(s) to {out}")

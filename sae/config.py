@@ -191,6 +191,26 @@ class SAERunConfig(Config):
     def validate(self) -> None:
         check_data_shards(self.train.data_shards, self.train.batch_size, self.runtime)
 
+    def warnings(self, prefix: str = "") -> list[str]:
+        """Settings that are valid but do not do what they seem to (one line each, keys under
+        ``prefix``): resampling runs after every ``resample.every`` steps, never at the last
+        step, so a run of at most that many steps (or one that stops resampling before the
+        first) never resamples."""
+        r, steps, p = self.resample, self.train.steps, prefix
+        if r.method == "none":
+            return []
+        if steps <= r.every:
+            return [
+                f"{p}train.steps ({steps}) <= {p}resample.every ({r.every}): resampling "
+                f"({p}resample.method={r.method}) will not run"
+            ]
+        if r.stop_after is not None and r.stop_after < r.every:
+            return [
+                f"{p}resample.stop_after ({r.stop_after}) < {p}resample.every ({r.every}): "
+                f"resampling ({p}resample.method={r.method}) will not run"
+            ]
+        return []
+
     @property
     def grad_clip(self) -> float | None:
         if self.train.grad_clip is not None:

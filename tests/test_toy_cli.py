@@ -286,7 +286,7 @@ def test_unknown_key_is_a_one_line_usage_error(
     [
         ("train.steps=abc", "integer"),
         ("train.steps=1.5", "integer"),
-        ("data.feature_probability=0.1", "list"),
+        ("data.feature_probability={a: 1}", "list"),  # a single number is a list of one
         ("model.kind=cubic", "one of"),
         ("wandb.enabled=maybe", "true or false"),
         ("data.feature_probability=[0.0]", "(0, 1]"),

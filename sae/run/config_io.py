@@ -9,6 +9,7 @@ config.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import re
@@ -53,10 +54,50 @@ def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()
     data: dict[str, Any] = {}
     if path is not None:
         data = read_yaml(path)
+    source = str(path) if path else "config"
+    checked = []
     for override in overrides:
         key, value = parse_override(override)
+        # Checked on its own first, so that a bad override is blamed on the --set, not the file.
+        checked.append((override, key, check_override(cls, override, key, value)))
+    merged = copy.deepcopy(data)
+    for _, key, value in checked:
+        set_dotted(merged, key, value)
+    try:
+        return from_dict(cls, merged, source=source, root=cls)
+    except UsageError:
+        if not checked:
+            raise
+        _blame(cls, data, source, checked)
+        raise
+
+
+def _blame(cls: type, data: dict[str, Any], source: str, checked: list[tuple[str, str, Any]]):
+    """A merged config failed its checks: raise the error of the file alone if it has one, else
+    that of the first ``--set`` whose addition makes it fail."""
+    from_dict(cls, data, source=source, root=cls)
+    for override, key, value in checked:
         set_dotted(data, key, value)
-    return from_dict(cls, data, source=str(path) if path else "config")
+        from_dict(cls, data, source=f"--set {override}", root=cls)
+
+
+def check_override(cls: type, text: str, key: str, value: Any) -> Any:
+    """The value of the override ``text`` (``key=value``) coerced to its field's type; an
+    unknown key or a wrong type raises UsageError naming the ``--set``."""
+    source = f"--set {text}"
+    tp: Any = cls
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if not dataclasses.is_dataclass(tp):
+            above = ".".join(parts[:i])
+            raise UsageError(f"{source}: '{above}' is a value, not a section")
+        fields = {f.name: f for f in dataclasses.fields(tp)}
+        prefix = "".join(f"{p}." for p in parts[:i])
+        if part not in fields:
+            hint = _suggest(part, fields, prefix, cls)
+            raise UsageError(f"{source}: unknown key '{prefix}{part}'{hint}")
+        tp = typing.get_type_hints(tp)[part]
+    return _coerce(value, tp, source, key, cls)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -107,8 +148,11 @@ def set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def from_dict(cls: type[T], data: Any, source: str = "config", prefix: str = "") -> T:
-    """Recursively build dataclass ``cls`` from ``data``, checking keys and types."""
+def from_dict(
+    cls: type[T], data: Any, source: str = "config", prefix: str = "", root: type | None = None
+) -> T:
+    """Recursively build dataclass ``cls`` from ``data``, checking keys and types; ``root``, the
+    config the whole tree belongs to, widens the did-you-mean search to every section."""
     if isinstance(data, cls):
         return data
     if not isinstance(data, dict):
@@ -120,9 +164,9 @@ def from_dict(cls: type[T], data: Any, source: str = "config", prefix: str = "")
     for key, value in data.items():
         if key not in fields:
             raise UsageError(
-                f"{source}: unknown key '{prefix}{key}'{_suggest(key, fields, prefix)}"
+                f"{source}: unknown key '{prefix}{key}'{_suggest(key, fields, prefix, root)}"
             )
-        kwargs[key] = _coerce(value, hints[key], source, f"{prefix}{key}")
+        kwargs[key] = _coerce(value, hints[key], source, f"{prefix}{key}", root)
     try:
         return cls(**kwargs)
     except ValueError as e:  # Config.validate, run by the constructor
@@ -149,20 +193,43 @@ def config_to_yaml(config: Any) -> str:
     return yaml.safe_dump(config_to_dict(config), sort_keys=False)
 
 
-def _suggest(key: str, fields: dict[str, Any], prefix: str) -> str:
+def _suggest(key: str, fields: dict[str, Any], prefix: str, root: type | None = None) -> str:
+    """The nearest valid key: the same name in another section of ``root``
+    (``sae.l1_coefficient`` -> ``sweep.l1_coefficient``), else a close name in the same section,
+    else a close dotted key anywhere in ``root``."""
+    paths = _key_paths(root) if root is not None else []
+    same = [p for p in paths if p.rpartition(".")[2] == key]
     close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.5)
-    return f" (did you mean '{prefix}{close[0]}'?)" if close else ""
+    if same:
+        return f" (did you mean '{same[0]}'?)"
+    if close:
+        return f" (did you mean '{prefix}{close[0]}'?)"
+    elsewhere = [p for p in paths if not prefix.startswith(f"{p}.")]  # not a section above
+    close = difflib.get_close_matches(f"{prefix}{key}", elsewhere, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _key_paths(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key of config ``cls``, sections and values, outermost first."""
+    paths = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        paths.append(prefix + f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            paths.extend(_key_paths(hints[f.name], f"{prefix}{f.name}."))
+    return paths
 
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
-    """Check ``value`` against annotation ``tp``; allow int -> float, nothing else implicit."""
+def _coerce(value: Any, tp: Any, source: str, key: str, root: type | None = None) -> Any:
+    """Check ``value`` against annotation ``tp``; allow int -> float and a single value where a
+    list is expected (``3`` -> ``[3]``), nothing else implicit."""
     origin = get_origin(tp)
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value if value is not None else {}, source, f"{key}.")
+        return from_dict(tp, value if value is not None else {}, source, f"{key}.", root)
     if origin in (Union, types.UnionType):
         options = get_args(tp)
         if value is None and type(None) in options:
@@ -172,7 +239,7 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(value, option, source, key)
+                return _coerce(value, option, source, key, root)
             except UsageError as e:
                 errors.append(e)
         names = " or ".join(_type_name(o) for o in options if o is not type(None))
@@ -185,6 +252,8 @@ def _coerce(value: Any, tp: Any, source: str, key: str) -> Any:
         return value
     if origin is list:
         (item_tp,) = get_args(tp)
+        if value is not None and not isinstance(value, (list, dict)):
+            value = [value]
         if not isinstance(value, list):
             raise UsageError(f"{source}: '{key}' must be a list, got {value!r}")
         return [_coerce(v, item_tp, source, f"{key}[{i}]") for i, v in enumerate(value)]
