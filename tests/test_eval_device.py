@@ -264,6 +264,7 @@ def test_write_eval_plots_from_the_summary(tmp_path: Path) -> None:
     sae, gt, rep, batches = planted_sae()
     result = evaluate_sae(sae, gt, iter(batches), rep)
     plots = write_eval(tmp_path, result, title="t")
+    assert set(plots) == {"cosine_heatmap", "best_cosine_histogram"}, plots  # not vacuously all()
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in plots.values())
 
 

@@ -42,6 +42,7 @@ def _worst_feature_cos(features: torch.Tensor, decoder: torch.Tensor) -> float:
     return float(evaluate_dictionary(features, decoder).all.feature_best_cos.min())
 
 
+@pytest.mark.slow
 def test_planted_features_recovered_by_a_lambda_sweep(planted, tmp_path) -> None:
     path, features = planted
     config = sae_config(
@@ -67,6 +68,7 @@ def test_planted_features_recovered_by_a_lambda_sweep(planted, tmp_path) -> None
     assert worst[0.03] < 0.95, worst
 
 
+@pytest.mark.slow
 def test_planted_features_recovered_with_the_april2024_recipe(planted, tmp_path) -> None:
     path, features = planted
     config = sae_config(

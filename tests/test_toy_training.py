@@ -196,6 +196,7 @@ def test_restarts_keep_the_lowest_loss(relu: Sweep) -> None:
         assert r["loss"] == min(r["restart_losses"])
 
 
+@pytest.mark.slow
 def test_uniform_features_form_a_pentagon(tmp_path: Path) -> None:
     """n=5 equally important features, 1-S = 0.05, m=2: a regular pentagon, D_i = 2/5 each
     ("Feature Dimensionality"). At 3000 steps about 1 run in 6 is still stuck with 4 features,
@@ -246,6 +247,7 @@ def test_the_paper_setups_are_shipped() -> None:
     assert expected <= names, expected - names
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", config_files(), ids=lambda p: p.stem)
 def test_config_loads_and_trains(path: Path, tmp_path: Path) -> None:
     from cli.main import cli, run_cli

@@ -42,10 +42,11 @@ def raw_records(path: Path) -> list[bytes]:
     return out
 
 
-def records(log: Path, timeout_s: float = 60.0) -> list[Any]:
+def records(log: Path, timeout_s: float = 600.0) -> list[Any]:
     """The log's records once its final ``exit`` record is on disk: ``run.finish()`` can return
     before wandb-core has flushed its buffered writer, so wait for the file to be complete (and
-    read again if a record was caught half-written)."""
+    read again if a record was caught half-written). The wait ends on that event; the timeout
+    only stops a test that would otherwise hang, so it is generous for a busy machine."""
     from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2 as pb
 
