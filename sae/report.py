@@ -9,6 +9,12 @@ from sae.evaluate import format_scalar
 from sae.run.files import write_text
 
 RANK_KEYS = ("represented/recovered_0.99", "represented/mcc", "explained_variance")
+MCC_TOLERANCE = 0.005
+"""MCC values closer than this count as tied (a fifth-decimal difference says nothing)."""
+RANK_RULE = (
+    "Best = the most represented features recovered at cosine > 0.99; among those, MCC values "
+    f"within {MCC_TOLERANCE:g} of the highest count as tied and the higher explained variance wins."
+)
 COLUMNS = [
     ("λ", "l1_coefficient"),
     ("recovered@0.99 (repr.)", "represented/recovered_0.99"),
@@ -27,9 +33,16 @@ def rank_key(scalars: dict[str, Any]) -> tuple[float, ...]:
     return tuple(float(scalars.get(k) or 0.0) for k in RANK_KEYS)
 
 
-def best_sae(results: dict[str, dict[str, Any]]) -> str:
-    """The SAE that recovered the most represented features (ties: higher MCC, then EV)."""
-    return max(results, key=lambda name: rank_key(results[name]["scalars"]))
+def best_sae(results: dict[str, dict[str, Any]], mcc_tolerance: float = MCC_TOLERANCE) -> str:
+    """The SAE that recovered the most represented features; among those, MCC values within
+    ``mcc_tolerance`` of the highest are tied, and the tie goes to the higher explained variance
+    (then the higher MCC, then the first listed)."""
+    keys = {name: rank_key(r["scalars"]) for name, r in results.items()}
+    top_recovered = max(k[0] for k in keys.values())
+    finalists = [n for n, k in keys.items() if k[0] == top_recovered]
+    top_mcc = max(keys[n][1] for n in finalists)
+    tied = [n for n in finalists if keys[n][1] >= top_mcc - mcc_tolerance]
+    return max(tied, key=lambda n: (keys[n][2], keys[n][1]))
 
 
 def write_report(
@@ -58,7 +71,7 @@ def write_report(
     lines += [
         "",
         "Metrics are computed on held-out activations the SAEs never trained on. "
-        "'repr.' = over the features the toy model represents (‖W_i‖ > 0.5).",
+        "'repr.' = over the features the toy model represents (‖W_i‖ > 0.5). " + RANK_RULE,
         "",
     ]
     for name, r in results.items():
