@@ -26,7 +26,7 @@ from sae.run.guards import (
     last_checkpoint,
 )
 from sae.run.layout import RunDir
-from sae.run.progress import StepProgressBar
+from sae.run.progress import progress_callback
 from sae.run.runtime import RuntimeConfig, apply_threads, make_wandb_logger
 
 
@@ -135,7 +135,7 @@ def make_trainer(
         )
     )
     if runtime.progress_bar:
-        all_callbacks.append(StepProgressBar())
+        all_callbacks.append(progress_callback())
     # The engine checkpoints after a chunk's optimizer steps, which is the state a resumed run
     # needs; Lightning's note that manual optimization saves post-step weights does not apply.
     warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization")
