@@ -16,6 +16,7 @@ from sae.optim import InstanceAdam
 from sae.resampling import resample_dead_latents
 from sae.run.config_io import config_to_dict, from_dict
 from sae.run.engine import StepEngine, StepOutput
+from sae.run.instance_names import instance_labels
 from sae.run.metrics_log import log_scalars
 from sae.run.schedules import lr_lambda, warmup_factor
 from sae.run.seeding import (
@@ -51,8 +52,10 @@ class SAEModule(StepEngine):
             config.runtime.steps_per_call,
         )
         self.config = config
-        self.save_hyperparameters({"config": config_to_dict(config), "d_in": d_in})
+        # Saved in checkpoints, not logged: wandb gets the config once, from fit.
+        self.save_hyperparameters({"config": config_to_dict(config), "d_in": d_in}, logger=False)
         l1, lr, seeds = config.sweep.expanded()
+        self.instance_labels = instance_labels({"l1": l1, "lr": lr, "seed": seeds})
         s = config.sae
         self.sae = SparseAutoencoder(
             len(l1), d_in, s.d_sae, s.recipe, s.tied, seeds, s.decoder_init_norm

@@ -14,6 +14,7 @@ from sae.lightning_module import SAEModule
 from sae.run.engine import ChunkCallback
 from sae.run.files import write_json
 from sae.run.fit import fit
+from sae.run.instance_names import name_instances
 from sae.run.layout import RunDir
 from sae.run.metrics_log import MetricsFile
 from sae.run.runtime import finish_wandb, wandb_run_info
@@ -128,4 +129,5 @@ class FiringHistogram(ChunkCallback):
             for k in range(freq.shape[0])
         }
         # The scalars of this logging step went out stamped with the step just trained.
+        payload = name_instances(payload, getattr(module, "instance_labels", None))
         trainer.logger.log_metrics(payload, step=trainer.global_step - 1)

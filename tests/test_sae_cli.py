@@ -166,19 +166,23 @@ def test_wandb_offline_run_holds_the_logged_metrics(acts, tmp_path, capsys) -> N
     (run_folder,) = (out / "wandb").glob("offline-run-*")
     history, config, project = history_and_config(run_folder)
     assert project == "sae-tests"
-    scalar_rows = [r for r in history if "loss/instance_0" in r]
+    # wandb names each instance by the sweep value that differs (metrics.jsonl keeps the index)
+    names = ["l1=0.1", "l1=0.5"]
+    scalar_rows = [r for r in history if "loss/l1=0.1" in r]
     assert [int(r["trainer/global_step"]) for r in scalar_rows] == [9, 19, 29, 39]
     for row in scalar_rows:
         for key in ("loss", "reconstruction", "l0", "explained_variance", "dead_fraction"):
-            for k in range(2):
-                assert math.isfinite(row[f"{key}/instance_{k}"]), key
-        assert row["l1_coefficient/instance_1"] == pytest.approx(0.5)
+            for name in names:
+                assert math.isfinite(row[f"{key}/{name}"]), key
+        assert row["l1_coefficient/l1=0.5"] == pytest.approx(0.5)
+        assert not any("instance_" in key for key in row)
     # The same numbers went to metrics.jsonl.
     local = read_metrics(out)
     assert [r["loss/instance_1"] for r in local] == pytest.approx(
-        [r["loss/instance_1"] for r in scalar_rows], rel=1e-6
+        [r["loss/l1=0.5"] for r in scalar_rows], rel=1e-6
     )
     # Firing-frequency histograms and the run config were logged too.
-    assert any("firing_frequency/instance_0/_type" in r for r in history)
-    assert config["config"]["sweep"]["l1_coefficient"] == [0.1, 0.5]  # the hyperparameters
+    assert any("firing_frequency/l1=0.1/_type" in r for r in history)
+    assert config["sweep"]["l1_coefficient"] == [0.1, 0.5]
+    assert "config" not in config  # logged once (not again as Lightning's hyperparameters)
     assert torch.isfinite(load_sae(out / "sae_0").W_dec).all()

@@ -339,26 +339,28 @@ def test_wandb_offline_run_holds_the_logged_history(
     assert code == 0, err
     (run_folder,) = (out / "wandb").glob("offline-run-*")
     history, logged_config, _ = history_and_config(run_folder)
-    # The run config (from wandb.init) and the module's hyperparameters (Lightning).
+    # The run config, logged once (from wandb.init; not again as Lightning's hyperparameters).
     assert logged_config["model"]["n_features"] == 5
-    assert logged_config["config"]["train"]["log_every"] == 10
+    assert logged_config["train"]["log_every"] == 10
+    assert "config" not in logged_config
 
+    # wandb names each instance by its feature probability (metrics.jsonl keeps the index)
     train_rows = [h for h in history if "train/loss" in h]
     # Logged every 10 steps, stamped with the step whose loss it is.
     assert [h["trainer/global_step"] for h in train_rows] == [9, 19, 29]
     for h in train_rows:
-        for key in ("loss/instance_0", "loss/instance_1", "n_represented/instance_1"):
+        for key in ("loss/p=1", "loss/p=0.1", "n_represented/p=0.1"):
             assert key in h, (key, sorted(h))
-        assert h["train/loss"] == pytest.approx(h["loss/instance_0"] + h["loss/instance_1"])
+        assert h["train/loss"] == pytest.approx(h["loss/p=1"] + h["loss/p=0.1"])
     replay = replay_losses(load_config(ToyConfig, out / "config.yaml"), [9, 19, 29])
     for h in train_rows:
         expected = replay[h["trainer/global_step"]]
-        logged = [h["loss/instance_0"], h["loss/instance_1"]]
+        logged = [h["loss/p=1"], h["loss/p=0.1"]]
         assert logged == pytest.approx(expected.tolist(), rel=1e-5)
 
-    final = [h for h in history if "final/loss/instance_0" in h]
+    final = [h for h in history if "final/loss/p=1" in h]
     assert len(final) == 1
     metrics = json.loads((out / "metrics.json").read_text())["instances"]
-    assert final[0]["final/loss/instance_1"] == pytest.approx(metrics[1]["loss"])
-    assert final[0]["final/n_represented/instance_0"] == metrics[0]["n_represented"]
+    assert final[0]["final/loss/p=0.1"] == pytest.approx(metrics[1]["loss"])
+    assert final[0]["final/n_represented/p=1"] == metrics[0]["n_represented"]
     assert any(key.startswith("plots/wtw_instance0") for key in final[0])

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from sae.run.config_io import config_to_dict, from_dict
 from sae.run.engine import StepEngine, StepOutput
+from sae.run.instance_names import instance_labels
 from sae.run.metrics_log import log_scalars
 from sae.run.schedules import lr_lambda
 from sae.run.seeding import draw_rank_batch, shard_seed, toy_eval_seed
@@ -28,8 +29,10 @@ class ToyModelModule(StepEngine):
         super().__init__(t.steps, (t.log_every, t.checkpoint_every), config.runtime.steps_per_call)
         self.config = config
         # Saved in checkpoints so a run resumes from the file alone.
-        self.save_hyperparameters({"config": config_to_dict(config)})
+        # (not logged: wandb gets the config once, from fit)
+        self.save_hyperparameters({"config": config_to_dict(config)}, logger=False)
         m, restarts = config.model, config.train.restarts
+        self.instance_labels = toy_instance_labels(config, restarts)
         self.model: ToyModel = build_model(
             m.kind, config.n_instances * restarts, m.n_features, m.n_hidden, config.train.seed
         )
@@ -99,3 +102,17 @@ class ToyModelModule(StepEngine):
             total += self.per_instance_loss(self.distribution.sample(n, g)).double() * n
             done, i = done + n, i + 1
         return (total / samples).float()
+
+
+def toy_instance_labels(config: ToyConfig, restarts: int = 1) -> list[str]:
+    """wandb names of the instances, ordered (probability, repeat, restart) like the data:
+    ``p=0.05``, with ``repeat=r`` and ``restart=j`` when there are several."""
+    d = config.data
+    per_value = d.repeats * restarts
+    ks = range(len(d.feature_probability) * per_value)
+    values: dict[str, list[Any]] = {"p": [d.feature_probability[k // per_value] for k in ks]}
+    if d.repeats > 1:
+        values["repeat"] = [(k % per_value) // restarts for k in ks]
+    if restarts > 1:
+        values["restart"] = [k % restarts for k in ks]
+    return instance_labels(values)

@@ -16,7 +16,7 @@ from toymodels.config import ToyConfig
 from toymodels.data import FeatureDistribution
 from toymodels.diagnostics import diagnose
 from toymodels.io import save_toy_model
-from toymodels.lightning_module import ToyModelModule
+from toymodels.lightning_module import ToyModelModule, toy_instance_labels
 from toymodels.models import select_instances
 
 MAX_INSTANCE_PLOTS = 16
@@ -90,7 +90,7 @@ def _finish(
     write_json(RunDir(out_dir).metrics, metrics)
     plots = _plot(model, distribution, diag, config, RunDir(out_dir).plots)
     if result.logger is not None:
-        _log_final(result.logger, records, plots)
+        _log_final(result.logger, records, plots, toy_instance_labels(config))
     return metrics
 
 
@@ -128,8 +128,12 @@ def _plot(
     return made
 
 
-def _log_final(logger: Any, records: list[dict[str, Any]], plots: dict[str, Path]) -> None:
+def _log_final(
+    logger: Any, records: list[dict[str, Any]], plots: dict[str, Path], labels: list[str]
+) -> None:
     import wandb
+
+    from sae.run.instance_names import name_instances
 
     payload: dict[str, Any] = {
         f"plots/{name}": wandb.Image(str(path)) for name, path in plots.items()
@@ -139,4 +143,4 @@ def _log_final(logger: Any, records: list[dict[str, Any]], plots: dict[str, Path
         payload[f"final/loss/instance_{k}"] = r["loss"]
         payload[f"final/n_represented/instance_{k}"] = r["n_represented"]
         payload[f"final/dims_per_feature/instance_{k}"] = r["dims_per_feature"]
-    logger.experiment.log(payload)
+    logger.experiment.log(name_instances(payload, labels))

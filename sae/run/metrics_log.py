@@ -19,6 +19,7 @@ from torch import Tensor
 
 from sae.run.engine import ChunkCallback
 from sae.run.files import write_text
+from sae.run.instance_names import name_instances
 from sae.run.layout import RunDir
 
 
@@ -26,7 +27,8 @@ def log_scalars(
     module: L.LightningModule, metrics: dict[str, Tensor], step: int
 ) -> dict[str, float]:
     """Average ``metrics`` over ranks and send them to the logger stamped with optimizer step
-    ``step``; returns the record (``{"step": step} | metrics``), which the training step hands
+    ``step`` (instances named by the module's ``instance_labels``, when it has them); returns
+    the record (``{"step": step} | metrics``), which the training step hands
     back as ``StepOutput.scalars`` for ``MetricsFile``. Call on every rank."""
     values = torch.stack([v.detach().float().reshape(()) for v in metrics.values()])
     trainer = module.trainer
@@ -34,7 +36,8 @@ def log_scalars(
         values = trainer.strategy.reduce(values, reduce_op="mean")
     record = dict(zip(metrics, values.tolist()))
     if trainer.is_global_zero and trainer.logger is not None:
-        trainer.logger.log_metrics(record, step=step)
+        labels = getattr(module, "instance_labels", None)  # wandb names the instances
+        trainer.logger.log_metrics(name_instances(record, labels), step=step)
     return {"step": step} | record
 
 
