@@ -58,6 +58,7 @@ def run_pipeline(
     from toymodels.train import train_toy
 
     layout = PipelineDir(out_dir)
+    _one_wandb_group(config, layout)
     if is_main_process():
         write_text(layout.config, config_to_yaml(config))
     toy, act_file, sae_run = layout.toy, layout.activations, layout.sae_run
@@ -109,6 +110,17 @@ def run_pipeline(
     best = best_sae(results)
     echo(f"best: {best} (l1 = {results[best]['cfg']['l1_coefficient']:g}); report: {layout.report}")
     return results
+
+
+def _one_wandb_group(config: PipelineConfig, layout: PipelineDir) -> None:
+    """The toy run, the SAE run and the evaluation share one wandb group: the one configured,
+    else ``<output folder>-<random>``, saved in config.yaml (so --resume keeps it)."""
+    import secrets
+
+    group = config.toy.wandb.group or config.sae.wandb.group
+    if group is None:
+        group = f"{layout.root.resolve().name}-{secrets.token_hex(3)}"
+    config.toy.wandb.group = config.sae.wandb.group = group
 
 
 def _toy_summary(toy: RunDir, instance: int) -> list[str]:

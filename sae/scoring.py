@@ -1,5 +1,6 @@
 """Scoring a whole SAE run: every ``sae_<k>`` against the ground truth, on one device, with
-``eval_stats.json`` and plots beside each SAE and the scores added to the run's wandb run.
+``eval_stats.json`` and plots beside each SAE and the scores logged to wandb: a run of their own
+(job_type "eval") in the training run's group.
 
 Where the ground truth comes from (the training file's held-out rows, another file, or a live toy
 model) is the caller's decision, made from the run's record (``run.json``): ``evaluate_run``
@@ -34,7 +35,7 @@ def evaluate_run(
     """Evaluate each ``sae_<k>`` of a run on ``accelerator`` (see ``sae.evaluate.ACCELERATORS``)
     against ``ground_truth(run folder, run record)``; returns name -> {scalars, cfg, plots,
     features}."""
-    from sae.run.runtime import reopen_wandb
+    from sae.run.runtime import eval_wandb_run
 
     layout = RunDir(run_dir)
     run = read_run_record(run_dir)
@@ -44,8 +45,23 @@ def evaluate_run(
     info = run.get("wandb")
     if info and info.get("dir"):  # kept relative to the run folder
         info = {**info, "dir": str(layout.find_path(info["dir"]))}
-    _log_to_wandb(reopen_wandb(info), results)
+    if info:
+        labels = _labels(results)
+        saes = {label: name for label, name in zip(labels, results)}
+        _log_to_wandb(eval_wandb_run(info, {"saes": saes}), results, labels)
     return results
+
+
+def _labels(results: dict[str, dict[str, Any]]) -> list[str]:
+    """wandb names of the scored SAEs: the sweep values that tell them apart (as in training),
+    or their folder names when a cfg lacks them."""
+    from sae.run.instance_names import instance_labels
+
+    keys = {"l1": "l1_coefficient", "lr": "lr", "seed": "seed"}
+    cfgs = [r["cfg"] for r in results.values()]
+    if not all(c.get(k) is not None for c in cfgs for k in keys.values()):
+        return list(results)
+    return instance_labels({short: [c[k] for c in cfgs] for short, k in keys.items()})
 
 
 def is_sae_folder(path: str | Path) -> bool:
@@ -94,13 +110,13 @@ def score_saes(
     return results
 
 
-def _log_to_wandb(run: Any, results: dict[str, dict[str, Any]]) -> None:
+def _log_to_wandb(run: Any, results: dict[str, dict[str, Any]], labels: list[str]) -> None:
     if run is None:
         return
     import wandb
 
     payload: dict[str, Any] = {}
-    for name, r in results.items():
+    for name, r in zip(labels, results.values()):
         payload |= {f"eval/{name}/{k}": v for k, v in r["scalars"].items() if v is not None}
         payload |= {f"eval/{name}/{k}": wandb.Image(str(p)) for k, p in r["plots"].items()}
         columns = list(r["features"][0])

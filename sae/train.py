@@ -35,7 +35,9 @@ def train_saes(
     callbacks = [MetricsFile(out_dir), FiringHistogram()]
     try:
         # config.yaml keeps the data paths relative to the run folder (the run stays portable)
-        result = fit(module, portable_config(config, run), out_dir, resume, callbacks)
+        result = fit(
+            module, portable_config(config, run), out_dir, resume, callbacks, job_type="sae"
+        )
     finally:
         source.close()  # stops a prefetching thread, frees device-resident rows
     if not result.is_global_zero:

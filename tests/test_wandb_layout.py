@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+import yaml
+from wandb_log import history_and_config, run_identity
+
+from cli.main import cli, run_cli
 from sae.run.instance_names import instance_labels, name_instances
 from toymodels.config import ToyConfig
 from toymodels.lightning_module import toy_instance_labels
@@ -47,3 +52,48 @@ def test_toy_instances_follow_the_data_order():
         "p=0.1,repeat=0,restart=1",
         "p=0.1,repeat=1,restart=0",
     ]
+
+
+PIPELINE_SETS = [
+    "toy.model.n_features=5", "toy.model.n_hidden=2", "toy.train.steps=30",
+    "toy.train.batch_size=64", "toy.train.eval_samples=256", "toy.train.log_every=10",
+    "export.samples=2000",
+    "sae.sae.d_sae=8", "sae.sweep.l1_coefficient=[0.1, 0.5]", "sae.train.steps=30",
+    "sae.train.batch_size=64", "sae.train.log_every=10", "sae.resample.method=none",
+]  # fmt: skip
+
+
+def _sets(*items: str) -> list[str]:
+    return [a for item in items for a in ("--set", item)]
+
+
+@pytest.mark.slow
+def test_one_sae_run_is_one_wandb_group_and_eval_has_its_own_run(tmp_path, capsys):
+    out = tmp_path / "pipe"
+    stage = [f"{s}.{k}" for s in ("toy", "sae") for k in
+             ("runtime.progress_bar=false", "runtime.threads=1", "wandb.mode=offline",
+              "wandb.project=sae-tests")]  # fmt: skip
+    code = run_cli(cli.main, ["run", "--out", str(out), *_sets(*PIPELINE_SETS, *stage)])
+    assert code == 0, capsys.readouterr().err
+    (toy,) = (out / "toy" / "wandb").glob("offline-run-*")
+    runs = [run_identity(f) for f in (out / "sae" / "wandb").glob("offline-run-*")]
+    by_job = {r["job_type"]: r for r in [run_identity(toy), *runs]}
+    assert sorted(by_job) == ["eval", "sae", "toy"] and len(runs) == 2
+    groups = {r["group"] for r in by_job.values()}
+    assert len(groups) == 1 and groups.pop().startswith("pipe-")
+    assert len({r["id"] for r in by_job.values()}) == 3
+    assert all(r["runs"] == "1" for r in by_job.values())  # nothing resumed
+    # the scores went to the eval run, named like the training instances
+    (eval_folder,) = [
+        f for f in (out / "sae" / "wandb").glob("offline-run-*")
+        if run_identity(f)["job_type"] == "eval"
+    ]  # fmt: skip
+    history, config, _ = history_and_config(eval_folder)
+    keys = {k for row in history for k in row}
+    assert "eval/l1=0.5/represented/mcc" in keys and "eval/l1=0.1/explained_variance" in keys
+    assert config["saes"] == {"l1=0.1": "sae_0", "l1=0.5": "sae_1"}
+    assert config["train_run"] == by_job["sae"]["id"]
+    # the group is saved with the run's config, so --resume keeps it
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    group = by_job["toy"]["group"]
+    assert saved["toy"]["wandb"]["group"] == saved["sae"]["wandb"]["group"] == group

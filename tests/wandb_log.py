@@ -87,3 +87,17 @@ def history_and_config(run_folder: Path) -> tuple[list[dict[str, Any]], dict[str
             for item in updates:
                 config[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
     return history, config, project
+
+
+def run_identity(run_folder: Path) -> dict[str, str]:
+    """The ``id``, ``group`` and ``job_type`` an offline run folder was started with, and
+    whether any of its run records asked to resume."""
+    (log,) = run_folder.glob("run-*.wandb")
+    runs = [r.run for r in records(log) if r.WhichOneof("record_type") == "run"]
+    first = runs[0]
+    return {
+        "id": first.run_id,
+        "group": first.run_group,
+        "job_type": first.job_type,
+        "runs": str(len(runs)),
+    }

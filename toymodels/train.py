@@ -31,7 +31,7 @@ def train_toy(
     """
     out_dir = Path(out_dir)
     module = ToyModelModule(config)
-    result = fit(module, config, out_dir, resume, [MetricsFile(out_dir)])
+    result = fit(module, config, out_dir, resume, [MetricsFile(out_dir)], job_type="toy")
     if not result.is_global_zero:
         return None
     # The final evaluation runs where training ran (Lightning hands the module back on the CPU).

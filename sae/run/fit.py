@@ -56,14 +56,15 @@ def fit(
     out_dir: Path,
     resume: bool,
     callbacks: Sequence[Any] = (),
+    job_type: str | None = None,
 ) -> FitResult:
     """Train ``module`` for its ``total_steps`` under a run ``config`` (a toy or SAE run: its
     ``runtime``, ``wandb``, ``train.log_every`` and ``train.checkpoint_every``): threads,
     wandb, the trainer, ``config.yaml`` on rank 0, resuming from ``last.ckpt``, TF32 on CUDA
-    during training only."""
+    during training only. ``job_type``: the wandb run's ("toy", "sae")."""
     runtime = config.runtime
     apply_threads(runtime)
-    logger = make_wandb_logger(config.wandb, out_dir, config_to_dict(config))
+    logger = make_wandb_logger(config.wandb, out_dir, config_to_dict(config), job_type)
     trainer = make_trainer(
         runtime,
         module.total_steps,

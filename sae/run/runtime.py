@@ -83,6 +83,9 @@ class WandbConfig(Config):
     """Force a mode; None decides from the environment (see above)."""
     tags: list[str] = field(default_factory=list)
     """Tags attached to the run."""
+    group: str | None = None
+    """wandb group. None: the run's own id (its evaluation joins it); `sae run` puts its toy
+    run, SAE run and evaluation in one group named after its output folder."""
 
 
 def check_data_shards(data_shards: int | None, batch_size: int, runtime: RuntimeConfig) -> None:
@@ -140,8 +143,11 @@ def shared_run_id() -> str:
     return f"{base}{_runs_made}"
 
 
-def make_wandb_logger(config: WandbConfig, out_dir: Path, run_config: dict[str, Any]) -> Any:
-    """Lightning's real ``WandbLogger`` writing under ``out_dir/wandb``, or None when disabled."""
+def make_wandb_logger(
+    config: WandbConfig, out_dir: Path, run_config: dict[str, Any], job_type: str | None = None
+) -> Any:
+    """Lightning's real ``WandbLogger`` writing under ``out_dir/wandb``, or None when disabled;
+    ``job_type`` ("toy", "sae") tells the runs of a group apart."""
     mode = wandb_mode(config)
     if mode == "disabled":
         return None
@@ -155,11 +161,14 @@ def make_wandb_logger(config: WandbConfig, out_dir: Path, run_config: dict[str, 
         )
         mode = "offline"
     RunDir(out_dir).wandb.mkdir(parents=True, exist_ok=True)
+    run_id = shared_run_id()
     logger = WandbLogger(
         project=config.project,
         entity=config.entity,
         name=config.name,
-        id=shared_run_id(),
+        id=run_id,
+        group=config.group or run_id,
+        job_type=job_type,
         save_dir=str(out_dir),
         tags=config.tags or None,
         mode=mode,
@@ -194,19 +203,31 @@ def wandb_run_info(logger: Any) -> dict[str, Any] | None:
     return {
         "id": run.id,
         "project": run.project,
+        "entity": run.entity or None,
+        "group": run.group or None,
         "dir": str(logger.save_dir),
         "mode": "offline" if run.offline else "online",
     }
 
 
-def reopen_wandb(info: dict[str, Any] | None) -> Any:
-    """Resume a finished run (offline or online) to log evaluation results into it."""
+def eval_wandb_run(info: dict[str, Any] | None, config: dict[str, Any] | None = None) -> Any:
+    """A new wandb run (job_type "eval") in the training run's group, for its scores: a finished
+    run is never resumed (offline resume is unreliable in wandb). Older records without a group
+    use the training run's id as the group."""
     if not info:
         return None
     import wandb
 
+    os.environ.setdefault("WANDB_SILENT", "true")
     return wandb.init(
-        id=info["id"], project=info["project"], dir=info["dir"], mode=info["mode"], resume="allow"
+        id=f"{info['id']}-eval-{secrets.token_hex(3)}",
+        project=info["project"],
+        entity=info.get("entity"),
+        group=info.get("group") or info["id"],
+        job_type="eval",
+        dir=info["dir"],
+        mode=info["mode"],
+        config={"train_run": info["id"], **(config or {})},
     )
 
 
