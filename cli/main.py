@@ -15,6 +15,7 @@ from cli.configs import configs
 from cli.evaluate import eval_command
 from cli.run import run
 from cli.sae_train import train
+from cli.sweep_args import sweep_args_to_sets
 from cli.toy import toy
 from sae.run.errors import ToolkitError
 
@@ -107,6 +108,7 @@ def run_cli(entry: Callable[..., Any], argv: list[str] | None) -> int:
     if not debug:
         quiet_warnings()
     try:
+        argv = sweep_args_to_sets(argv)  # what wandb's sweep agent passes
         entry(args=argv, standalone_mode=False, prog_name="sae")
         return 0
     except click.exceptions.Abort:

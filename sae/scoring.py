@@ -47,7 +47,7 @@ def evaluate_run(
         info = {**info, "dir": str(layout.find_path(info["dir"]))}
     if info:
         labels = _labels(results)
-        saes = {label: name for label, name in zip(labels, results)}
+        saes = {label or name: name for label, name in zip(labels, results)}
         _log_to_wandb(eval_wandb_run(info, {"saes": saes}), results, labels)
     return results
 
@@ -116,11 +116,12 @@ def _log_to_wandb(run: Any, results: dict[str, dict[str, Any]], labels: list[str
     import wandb
 
     payload: dict[str, Any] = {}
-    for name, r in zip(labels, results.values()):
-        payload |= {f"eval/{name}/{k}": v for k, v in r["scalars"].items() if v is not None}
-        payload |= {f"eval/{name}/{k}": wandb.Image(str(p)) for k, p in r["plots"].items()}
+    for label, r in zip(labels, results.values()):
+        prefix = f"eval/{label}/" if label else "eval/"  # a lone SAE: eval/<score>
+        payload |= {f"{prefix}{k}": v for k, v in r["scalars"].items() if v is not None}
+        payload |= {f"{prefix}{k}": wandb.Image(str(p)) for k, p in r["plots"].items()}
         columns = list(r["features"][0])
-        payload[f"eval/{name}/features"] = wandb.Table(
+        payload[f"{prefix}features"] = wandb.Table(
             columns=columns, data=[[row[c] for c in columns] for row in r["features"]]
         )
     run.log(payload)

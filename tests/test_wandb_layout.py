@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import yaml
+from synthetic import write_planted_file
 from wandb_log import history_and_config, run_identity
 
 from cli.main import cli, run_cli
+from cli.sweep_args import sweep_args_to_sets
+from sae.run.errors import UsageError
 from sae.run.instance_names import instance_labels, name_instances
 from toymodels.config import ToyConfig
 from toymodels.lightning_module import toy_instance_labels
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_instances_are_named_by_the_sweep_values_that_differ():
@@ -21,9 +32,13 @@ def test_instances_are_named_by_the_sweep_values_that_differ():
         "lr=0.001,seed=0",
         "lr=0.01,seed=1",
     ]
-    # one instance: every value; identical instances: the index too
-    assert instance_labels({"l1": [0.3], "lr": [1e-3], "seed": [0]}) == ["l1=0.3,lr=0.001,seed=0"]
+    # identical instances: the index too; one instance: bare metric names (a sweep's runs agree)
     assert instance_labels({"l1": [0.3, 0.3]}) == ["l1=0.3,instance=0", "l1=0.3,instance=1"]
+    assert instance_labels({"l1": [0.3], "lr": [1e-3], "seed": [0]}) == [""]
+    assert name_instances({"loss/instance_0": 1.0, "train/loss": 2.0}, [""]) == {
+        "loss": 1.0,
+        "train/loss": 2.0,
+    }
 
 
 def test_instance_keys_are_renamed_and_others_kept():
@@ -97,3 +112,78 @@ def test_one_sae_run_is_one_wandb_group_and_eval_has_its_own_run(tmp_path, capsy
     saved = yaml.safe_load((out / "config.yaml").read_text())
     group = by_job["toy"]["group"]
     assert saved["toy"]["wandb"]["group"] == saved["sae"]["wandb"]["group"] == group
+
+
+# -- wandb's sweep agent ---------------------------------------------------------------------
+
+
+def agent_command(sweep_file: Path, parameters: dict[str, object]) -> list[str]:
+    """The command wandb's agent runs for one set of parameter values: its own functions
+    (wandb.sdk.launch.sweeps.utils) and its macro expansion (wandb_agent.Agent._command_run)."""
+    from wandb.sdk.launch.sweeps import utils as sweep_utils
+
+    spec = yaml.safe_load(sweep_file.read_text())
+    command = sweep_utils.create_sweep_command(spec["command"])
+    sweep_vars = sweep_utils.create_sweep_command_args(
+        {"args": {k: {"value": v} for k, v in parameters.items()}}
+    )
+    sweep_vars |= {"interpreter": ["python"], "program": [spec["program"]]}
+    sweep_vars["env"] = ["/usr/bin/env"]
+    out: list[str] = []
+    for c in map(str, command):
+        out += (sweep_vars.get(c[2:-1]) or []) if c.startswith("${") and c.endswith("}") else [c]
+    return out
+
+
+def test_agent_arguments_become_sets(monkeypatch):
+    monkeypatch.setenv("WANDB_RUN_ID", "abc")
+    argv = ["train", "--set", "a.b=1", "--out", "runs/{wandb_run_id}", "--sweep.lr=0.01"]
+    assert sweep_args_to_sets([*argv, "sweep.seed=3"]) == [
+        "train", "--set", "a.b=1", "--out", "runs/abc",
+        "--set", "sweep.lr=0.01", "--set", "sweep.seed=3",
+    ]  # fmt: skip
+    assert sweep_args_to_sets(["train", "--out", "x=y", "--", "sweep.a=1"]) == [
+        "train", "--out", "x=y", "--", "sweep.a=1",
+    ]  # fmt: skip
+    monkeypatch.delenv("WANDB_RUN_ID")
+    with pytest.raises(UsageError, match="sweep agent"):
+        sweep_args_to_sets(["--out", "runs/{wandb_run_id}"])
+
+
+@pytest.mark.slow
+def test_the_example_sweep_runs_sae_train_as_the_agent_calls_it(tmp_path):
+    sweep_file = REPO / "configs" / "sweeps" / "l1_sweep.yaml"
+    (tmp_path / "configs" / "sae").mkdir(parents=True)
+    shutil.copy(REPO / "configs" / "sae" / "lambda_sweep.yaml", tmp_path / "configs" / "sae")
+    write_planted_file(tmp_path / "acts.safetensors", n_features=8, d=4, n_rows=1024, p=0.1)
+    # the sweep's own parameters, plus fixed ones a user would add as `value:` parameters
+    parameters = {
+        "sweep.l1_coefficient": 0.3, "sweep.lr": 0.003, "train.steps": 30,
+        "train.batch_size": 32, "train.log_every": 10, "sae.d_sae": 8,
+        "resample.method": "none", "runtime.progress_bar": False,
+    }  # fmt: skip
+    command = agent_command(sweep_file, parameters)
+    assert command[:3] == ["/usr/bin/env", "sae", "train"]
+    assert "--sweep.l1_coefficient=0.3" in command
+    # the agent's environment, without this test process's own wandb-core service
+    env = {k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"} | {
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+        "WANDB_RUN_ID": "agentrun1",
+        "WANDB_SWEEP_ID": "sweep42",
+        "WANDB_PROJECT": "sweep-project",
+        "WANDB_MODE": "offline",
+        "PYTHONPATH": str(REPO),
+    }
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "runs" / "l1_sweep" / "agentrun1"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["sweep"]["l1_coefficient"] == [0.3] and config["sweep"]["lr"] == [0.003]
+    assert config["train"]["steps"] == 30 and config["sae"]["d_sae"] == 8
+    (folder,) = (run / "wandb").glob("offline-run-*")
+    identity = run_identity(folder)
+    assert identity["id"] == "agentrun1" and identity["job_type"] == "sae"
+    history, _, project = history_and_config(folder)
+    assert project == "sweep-project"
+    rows = [r for r in history if "loss" in r]  # one SAE: bare metric names
+    assert len(rows) == 3 and all("l0" in r and "explained_variance" in r for r in rows)

@@ -143,6 +143,21 @@ def shared_run_id() -> str:
     return f"{base}{_runs_made}"
 
 
+def sweep_agent_run() -> dict[str, str] | None:
+    """The run wandb's sweep agent launched this process for (``WANDB_SWEEP_ID`` and
+    ``WANDB_RUN_ID`` set): its id, and the sweep's project and entity when the agent set them;
+    None outside a sweep. The SAE training run takes that id, so the sweep sees its metrics."""
+    run_id, sweep_id = os.environ.get("WANDB_RUN_ID"), os.environ.get("WANDB_SWEEP_ID")
+    if not (run_id and sweep_id):
+        return None
+    return {
+        "id": run_id,
+        "sweep": sweep_id,
+        "project": os.environ.get("WANDB_PROJECT", ""),
+        "entity": os.environ.get("WANDB_ENTITY", ""),
+    }
+
+
 def make_wandb_logger(
     config: WandbConfig, out_dir: Path, run_config: dict[str, Any], job_type: str | None = None
 ) -> Any:
@@ -162,9 +177,15 @@ def make_wandb_logger(
         mode = "offline"
     RunDir(out_dir).wandb.mkdir(parents=True, exist_ok=True)
     run_id = shared_run_id()
+    project, entity = config.project, config.entity
+    agent = sweep_agent_run()
+    if agent is not None and job_type == "sae":  # the run the agent started: its id, project
+        run_id = agent["id"]
+        project = agent.get("project") or project
+        entity = agent.get("entity") or entity
     logger = WandbLogger(
-        project=config.project,
-        entity=config.entity,
+        project=project,
+        entity=entity,
         name=config.name,
         id=run_id,
         group=config.group or run_id,
