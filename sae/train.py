@@ -54,6 +54,13 @@ def train_saes(
         "wandb": wandb_info,
     }
     write_json(RunDir(out_dir).record, run_record)
+    if result.logger is not None and config.wandb.log_artifacts:
+        from sae.run.artifacts import log_activation_metadata, log_files
+
+        for k, folder in enumerate(folders):
+            log_files(result.logger, folder.name, "sae", [folder], {"instance": k})
+        if config.data.activations:
+            log_activation_metadata(result.logger, config.data.activations)
     finish_wandb(result.logger)
     return folders
 

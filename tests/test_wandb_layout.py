@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 from synthetic import write_planted_file
-from wandb_log import history_and_config, run_identity
+from wandb_log import artifacts, history_and_config, run_identity
 
 from cli.main import cli, run_cli
 from cli.sweep_args import sweep_args_to_sets
@@ -187,3 +187,52 @@ def test_the_example_sweep_runs_sae_train_as_the_agent_calls_it(tmp_path):
     assert project == "sweep-project"
     rows = [r for r in history if "loss" in r]  # one SAE: bare metric names
     assert len(rows) == 3 and all("l0" in r and "explained_variance" in r for r in rows)
+
+
+# -- artifacts -------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_model_files_become_artifacts_when_asked(tmp_path, capsys):
+    acts = tmp_path / "acts.safetensors"
+    write_planted_file(acts, n_features=8, d=4, n_rows=1024, p=0.1)
+    common = [
+        "train.batch_size=32", "train.log_every=10", "runtime.progress_bar=false",
+        "runtime.threads=1", "wandb.mode=offline",
+    ]  # fmt: skip
+    sae_sets = _sets(*common, "sae.d_sae=8", "sweep.l1_coefficient=[0.1, 0.5]", "train.steps=20")
+    off = tmp_path / "off"
+    assert (
+        run_cli(cli.main, ["train", "--activations", str(acts), "--out", str(off), *sae_sets]) == 0
+    )
+    (folder,) = (off / "wandb").glob("offline-run-*")
+    assert artifacts(folder) == []  # off by default
+
+    out = tmp_path / "sae"
+    argv = ["train", "--activations", str(acts), "--out", str(out), *sae_sets]
+    assert run_cli(cli.main, [*argv, "--set", "wandb.log_artifacts=true"]) == 0, (
+        capsys.readouterr().err
+    )
+    (folder,) = (out / "wandb").glob("offline-run-*")
+    run_id = run_identity(folder)["id"]
+    logged = {a["name"]: a for a in artifacts(folder)}
+    assert sorted(logged) == [f"{run_id}-activations", f"{run_id}-sae_0", f"{run_id}-sae_1"]
+    sae_1 = logged[f"{run_id}-sae_1"]
+    assert sae_1["type"] == "sae"
+    assert sae_1["paths"] == ["sae_1/cfg.json", "sae_1/sae_weights.safetensors"]
+    data = logged[f"{run_id}-activations"]
+    assert data["type"] == "dataset" and data["paths"] == ["acts.safetensors"]
+    assert data["metadata"]["format"] == "sae-toolkit/activations"
+    assert data["metadata"]["tensors"]["activations"] == [1024, 4]
+    assert data["refs"] == [acts.resolve().as_uri()]
+
+    toy = tmp_path / "toy"
+    toy_sets = _sets(
+        *common, "model.n_features=5", "model.n_hidden=2", "train.steps=20",
+        "train.eval_samples=256", "wandb.log_artifacts=true",
+    )  # fmt: skip
+    assert run_cli(cli.main, ["toy", "train", "--out", str(toy), *toy_sets]) == 0
+    (folder,) = (toy / "wandb").glob("offline-run-*")
+    (model,) = artifacts(folder)
+    assert model["type"] == "model" and model["name"].endswith("-toy_model")
+    assert model["paths"] == ["config.yaml", "metrics.json", "model.safetensors"]

@@ -101,3 +101,22 @@ def run_identity(run_folder: Path) -> dict[str, str]:
         "job_type": first.job_type,
         "runs": str(len(runs)),
     }
+
+
+def artifacts(run_folder: Path) -> list[dict[str, Any]]:
+    """The artifacts an offline run logged: name, type, metadata and the paths in each."""
+    (log,) = run_folder.glob("run-*.wandb")
+    out = []
+    for record in records(log):
+        if record.WhichOneof("record_type") == "artifact":
+            a = record.artifact
+            out.append(
+                {
+                    "name": a.name,
+                    "type": a.type,
+                    "metadata": json.loads(a.metadata or "{}"),
+                    "paths": sorted(e.path for e in a.manifest.contents),
+                    "refs": sorted(e.ref for e in a.manifest.contents if e.ref),
+                }
+            )
+    return out

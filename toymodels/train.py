@@ -38,6 +38,11 @@ def train_toy(
     device = result.trainer.strategy.root_device
     losses = module.to(device).evaluate(config.train.eval_samples).cpu()
     metrics = _finish(module.cpu(), losses, config, out_dir, result)
+    if result.logger is not None and config.wandb.log_artifacts:
+        from sae.run.artifacts import log_files
+
+        run = RunDir(out_dir)
+        log_files(result.logger, "toy_model", "model", [run.model, run.config, run.metrics])
     finish_wandb(result.logger)
     return metrics
 

@@ -83,6 +83,10 @@ class WandbConfig(Config):
     """Force a mode; None decides from the environment (see above)."""
     tags: list[str] = field(default_factory=list)
     """Tags attached to the run."""
+    log_artifacts: bool = False
+    """Log model files as wandb artifacts: each sae_<k>/ folder, the toy model (with its
+    config.yaml and metrics.json), and the activation file's metadata (a reference, not the
+    rows)."""
     group: str | None = None
     """wandb group. None: the run's own id (its evaluation joins it); `sae run` puts its toy
     run, SAE run and evaluation in one group named after its output folder."""
