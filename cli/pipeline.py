@@ -51,7 +51,7 @@ def run_pipeline(
     interrupted run stopped). Returns the evaluation results on rank 0."""
     from cli.sources import build_source, ground_truth
     from sae.evaluate import scoring_accelerator
-    from sae.report import best_sae, write_report
+    from sae.report import write_report
     from sae.scoring import evaluate_run
     from sae.train import train_saes
     from toymodels.export import export_activations
@@ -107,8 +107,6 @@ def run_pipeline(
         toy_metrics,
         results,
     )
-    best = best_sae(results)
-    echo(f"best: {best} (l1 = {results[best]['cfg']['l1_coefficient']:g}); report: {layout.report}")
     return results
 
 

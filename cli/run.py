@@ -17,4 +17,11 @@ def run(options: RunOptions) -> None:
     config, out, resuming = options.resolve(
         PipelineConfig, sections=("toy.", "sae."), layout=PipelineDir
     )
-    run_pipeline(config, out, resume=resuming, echo=lambda m: click.echo(m, err=True))
+    # Stage lines and progress go to stderr; the result goes to stdout.
+    results = run_pipeline(config, out, resume=resuming, echo=lambda m: click.echo(m, err=True))
+    if results is not None:
+        from sae.report import best_sae
+
+        best = best_sae(results)
+        l1 = results[best]["cfg"]["l1_coefficient"]
+        click.echo(f"best: {best} (l1 = {l1:g}); report: {PipelineDir(out).report}")

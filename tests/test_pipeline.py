@@ -26,6 +26,10 @@ def test_quickstart_recovers_the_represented_features(tmp_path: Path, capsys) ->
             f"{stage}.wandb.enabled=false",
         ]
     assert run_cli(cli.main, argv) == 0, capsys.readouterr().err
+    printed = capsys.readouterr()
+    # The result on stdout; stage lines and progress on stderr.
+    assert printed.out.startswith("best: sae_2 (l1 = 0.3); report: ")
+    assert "[1/4] training toy models" in printed.err and "[1/4]" not in printed.out
 
     toy = json.loads((out / "toy" / "metrics.json").read_text())["instances"][0]
     assert toy["n_represented"] == 8  # 8 features in 3 dimensions: superposition
