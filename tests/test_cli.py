@@ -9,14 +9,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 import pytest
 import yaml
+from cli_runs import sae_cli
 
 from cli.configs import CONFIGS, shipped_configs
-from cli.main import cli, run_cli, split_debug
+from cli.main import cli, split_debug
 from cli.pipeline import PipelineConfig
 from sae.config import SAERunConfig
 from sae.run.config_io import config_to_dict, load_config
@@ -34,13 +34,6 @@ SHIPPED = {
     ("train",): "configs/sae/default.yaml",
     ("run",): "configs/quickstart.yaml",
 }
-
-
-def sae_cli(argv: list[Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = run_cli(cli.main, [str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _command(words: tuple[str, ...]) -> click.Command:

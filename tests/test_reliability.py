@@ -24,6 +24,7 @@ import click
 import pytest
 import torch
 import yaml
+from cli_runs import sae_cli, snapshot, write_yaml
 from safetensors.torch import load_file, save_file
 
 from cli.main import cli, run_cli
@@ -47,23 +48,6 @@ SAE = {
     **QUIET,
 }
 PIPELINE = {"toy": TOY, "export": {"samples": 2000}, "sae": SAE}
-
-
-def write_yaml(path: Path, data: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def sae_cli(argv: list[Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    """Run ``sae ARGV`` in this process: (exit status, stdout, stderr)."""
-    capsys.readouterr()
-    code = run_cli(cli.main, [str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 def error_lines(stderr: str) -> list[str]:

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import torch
 import yaml
+from cli_runs import sae_cli, snapshot, write_yaml
 
 from cli.main import cli, run_cli
 from sae.run.metrics_log import MetricsFile, read_metrics
@@ -37,22 +38,6 @@ SAE = {
     **QUIET,
 }
 PIPELINE = {"toy": TOY, "export": {"samples": 2000}, "sae": SAE}
-
-
-def write_yaml(path: Path, data: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
-def sae_cli(argv: list[Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = run_cli(cli.main, [str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_runs import sae_cli
 from safetensors.torch import save_file
 from synthetic import write_planted_file
 
-from cli.main import cli, run_cli
 from sae.io import load_sae
 
 # What sae-lens 6.54 (sae_lens.StandardSAEConfig, SAE.load_from_disk) reads from cfg.json: the
@@ -44,13 +44,6 @@ SAELENS_CFG = {
     "metadata": {"sae_lens_version": "6.54.12", "sae_lens_training_version": "6.54.12"},
     "architecture": "standard",
 }
-
-
-def sae_cli(argv: list, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = run_cli(cli.main, [str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
