@@ -111,6 +111,10 @@ class StepEngine(L.LightningModule):
             end = min(end, (start // p + 1) * p)
         return max(1, end - start)
 
+    def is_boundary(self, done: int) -> bool:
+        """Whether finishing ``done`` steps ends the run or an event period."""
+        return done == self.total_steps or any(done % p == 0 for p in self.event_periods)
+
     def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         start = self.global_step
         timed = self.steps_per_call is None and self._calls == 1
@@ -141,11 +145,10 @@ class StepEngine(L.LightningModule):
         if self._calls == 1:  # time steady-state training from here (after the warm-up call)
             self._timed_from = (self._clock(), start + k)
         _advance_global_step(self.trainer, k)
-        if (start + k) == self.total_steps or any((start + k) % p == 0 for p in self.event_periods):
+        if self.is_boundary(start + k):
             self.after_chunk(start + k)
         loss = loss.detach()
-        if logged is None:
-            return {"loss": loss, "step": StepOutput(loss)}
+        logged = logged or StepOutput(loss)
         return {"loss": loss, "step": StepOutput(loss, logged.scalars, logged.firing_frequency)}
 
     def _target_steps(self) -> int:
