@@ -10,6 +10,22 @@ import yaml
 
 from cli.main import cli, run_cli
 
+# Tiny, quiet runs (one thread, no progress bar, no wandb) for tests of the commands' behaviour.
+QUIET = {"runtime": {"threads": 1, "progress_bar": False}, "wandb": {"enabled": False}}
+TOY = {
+    "model": {"kind": "relu_output", "n_features": 4, "n_hidden": 2},
+    "data": {"feature_probability": [0.1]},
+    "train": {"steps": 20, "batch_size": 32, "log_every": 10, "eval_samples": 256},
+    **QUIET,
+}
+SAE = {
+    "sae": {"d_sae": 8, "recipe": "constrained", "b_dec_init": "zeros"},
+    "sweep": {"l1_coefficient": [0.1]},
+    "train": {"steps": 20, "batch_size": 32, "log_every": 10, "checkpoint_every": 10},
+    "data": {"init_samples": 64},
+    **QUIET,
+}
+
 
 def sae_cli(argv: list[Any], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     """Run ``sae ARGV`` in this process: (exit status, stdout, stderr)."""

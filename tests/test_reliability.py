@@ -24,7 +24,7 @@ import click
 import pytest
 import torch
 import yaml
-from cli_runs import sae_cli, snapshot, write_yaml
+from cli_runs import SAE, TOY, sae_cli, snapshot, write_yaml
 from safetensors.torch import load_file, save_file
 
 from cli.main import cli, run_cli
@@ -33,20 +33,6 @@ from sae.data import FileSource
 from sae.run.files import atomic_path, write_json
 
 REPO = Path(__file__).resolve().parents[1]
-QUIET = {"runtime": {"threads": 1, "progress_bar": False}, "wandb": {"enabled": False}}
-TOY = {
-    "model": {"kind": "relu_output", "n_features": 4, "n_hidden": 2},
-    "data": {"feature_probability": [0.1]},
-    "train": {"steps": 20, "batch_size": 32, "log_every": 10, "eval_samples": 256},
-    **QUIET,
-}
-SAE = {
-    "sae": {"d_sae": 8, "recipe": "constrained", "b_dec_init": "zeros"},
-    "sweep": {"l1_coefficient": [0.1]},
-    "train": {"steps": 20, "batch_size": 32, "log_every": 10, "checkpoint_every": 10},
-    "data": {"init_samples": 64},
-    **QUIET,
-}
 PIPELINE = {"toy": TOY, "export": {"samples": 2000}, "sae": SAE}
 
 

@@ -18,25 +18,13 @@ from typing import Any
 import pytest
 import torch
 import yaml
-from cli_runs import sae_cli, snapshot, write_yaml
+from cli_runs import SAE as ONE_SAE
+from cli_runs import TOY, sae_cli, snapshot, write_yaml
 
 from cli.main import cli, run_cli
 from sae.run.metrics_log import MetricsFile, read_metrics
 
-QUIET = {"runtime": {"threads": 1, "progress_bar": False}, "wandb": {"enabled": False}}
-TOY = {
-    "model": {"kind": "relu_output", "n_features": 4, "n_hidden": 2},
-    "data": {"feature_probability": [0.1]},
-    "train": {"steps": 20, "batch_size": 32, "log_every": 10, "eval_samples": 256},
-    **QUIET,
-}
-SAE = {
-    "sae": {"d_sae": 8, "recipe": "constrained", "b_dec_init": "zeros"},
-    "sweep": {"l1_coefficient": [0.1, 0.3]},
-    "train": {"steps": 20, "batch_size": 32, "log_every": 10, "checkpoint_every": 10},
-    "data": {"init_samples": 64},
-    **QUIET,
-}
+SAE = {**ONE_SAE, "sweep": {"l1_coefficient": [0.1, 0.3]}}
 PIPELINE = {"toy": TOY, "export": {"samples": 2000}, "sae": SAE}
 
 

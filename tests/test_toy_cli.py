@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-import yaml
+from cli_runs import sae_cli, write_yaml
 from safetensors import safe_open
 from safetensors.torch import load_file
 from wandb_log import history_and_config
@@ -51,15 +51,7 @@ RECORD_KEYS = {
 
 
 def sae(capsys: pytest.CaptureFixture[str], *args: Any) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = run_cli(cli.main, [str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def write_config(path: Path, data: dict[str, Any]) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
+    return sae_cli(list(args), capsys)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +59,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A trained tiny run shared by the tests that only read it."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("toy_cli")
-    config = write_config(root / "tiny.yaml", TINY)
+    config = write_yaml(root / "tiny.yaml", TINY)
     out = root / "run"
     code = run_cli(cli.main, ["toy", "train", "--config", str(config), "--out", str(out)])
     assert code == 0
@@ -263,7 +255,7 @@ def one_line_error(err: str) -> str:
 def test_unknown_key_is_a_one_line_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    config = write_config(tmp_path / "c.yaml", TINY)
+    config = write_yaml(tmp_path / "c.yaml", TINY)
     out = tmp_path / "run"
     code, _, err = sae(
         capsys, "toy", "train", "--config", config, "--set", "model.n_hiden=3", "--out", out
@@ -275,7 +267,7 @@ def test_unknown_key_is_a_one_line_usage_error(
 
     bad = dict(TINY, train={**TINY["train"], "stpes": 10})
     code, _, err = sae(
-        capsys, "toy", "train", "--config", write_config(tmp_path / "b.yaml", bad), "--out", out
+        capsys, "toy", "train", "--config", write_yaml(tmp_path / "b.yaml", bad), "--out", out
     )
     assert code == 2
     assert "did you mean 'train.steps'" in one_line_error(err)
@@ -295,7 +287,7 @@ def test_unknown_key_is_a_one_line_usage_error(
 def test_wrong_type_is_a_one_line_usage_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], override: str, words: str
 ) -> None:
-    config = write_config(tmp_path / "c.yaml", TINY)
+    config = write_yaml(tmp_path / "c.yaml", TINY)
     code, _, err = sae(
         capsys, "toy", "train", "--config", config, "--set", override, "--out", tmp_path / "r"
     )
@@ -333,7 +325,7 @@ def test_wandb_offline_run_holds_the_logged_history(
     monkeypatch.setenv(RUN_ID_ENV, f"toyclitest{secrets.token_hex(4)}")
     data = dict(TINY, wandb={"enabled": True, "project": "toy-test"})
     data["train"] = {**TINY["train"], "steps": 30, "log_every": 10}
-    config_path = write_config(tmp_path / "w.yaml", data)
+    config_path = write_yaml(tmp_path / "w.yaml", data)
     out = tmp_path / "run"
     code, _, err = sae(capsys, "toy", "train", "--config", config_path, "--out", out)
     assert code == 0, err
