@@ -17,6 +17,7 @@ from cli.run import run
 from cli.sae_train import train
 from cli.sweep_args import sweep_args_to_sets
 from cli.toy import toy
+from sae.run.distributed import end_process_group
 from sae.run.errors import ToolkitError
 
 # Nothing imported at start-up may import torch, Lightning or wandb: `sae --help` and argument
@@ -92,6 +93,10 @@ def quiet_warnings() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", message=".*litlogger.*")
+    # torch 2.13 deprecates both; `broadcast_buffers=False` is still the documented way to keep
+    # rank-local buffers (the firing counters), and the all_gather is Lightning's.
+    warnings.filterwarnings("ignore", message=".*`broadcast_buffers` is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*all_gather is deprecated.*")
 
 
 def split_debug(argv: list[str]) -> tuple[list[str], bool]:
@@ -136,6 +141,8 @@ def run_cli(entry: Callable[..., Any], argv: list[str] | None) -> int:
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         click.echo(f"error: {type(e).__name__}: {first} (rerun with --debug for details)", err=True)
         return 1
+    finally:
+        end_process_group()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import Any
 from cli.common import is_main_process
 from sae.config import SAERunConfig
 from sae.run.config_io import Config, config_to_yaml
+from sae.run.distributed import wait_for_all_ranks
 from sae.run.files import write_text
 from sae.run.layout import PipelineDir, RunDir
 from sae.run.seeding import PIPELINE_EXPORT_SEED
@@ -59,17 +60,21 @@ def run_pipeline(
 
     layout = PipelineDir(out_dir)
     _one_wandb_group(config, layout)
-    if is_main_process():
+    main = is_main_process()
+    if not main:  # the extra ranks train silently
+        echo = _silent
+    if main:
         write_text(layout.config, config_to_yaml(config))
     toy, act_file, sae_run = layout.toy, layout.activations, layout.sae_run
 
-    # Under DDP Lightning re-runs this command in each extra rank once per training stage; such
-    # a rank finds the earlier stages' files on disk, joins the stage in progress and returns.
+    # Under DDP Lightning starts the extra ranks at the first training, re-running this command:
+    # they skip what is already on disk and join that training. The process group then lasts
+    # the whole command, so after the toy stage the extra ranks wait for rank 0's export and
+    # join the SAE stage.
     if not toy.model.exists():
         echo("[1/4] training toy models")
-        if train_toy(config.toy, toy.root, resume=resume and toy.last_checkpoint.exists()) is None:
-            return None
-    if not act_file.exists():
+        train_toy(config.toy, toy.root, resume=resume and toy.last_checkpoint.exists())
+    if main and not act_file.exists():
         echo(
             f"[2/4] exporting {config.export.samples} activations of instance "
             f"{config.export.instance}"
@@ -81,6 +86,7 @@ def run_pipeline(
             act_file,
             seed=config.export.seed,
         )
+    wait_for_all_ranks()
     sae_config = config.sae
     sae_config.data.activations, sae_config.data.toy_dir = str(act_file), None
     if not sae_run.record.exists():
@@ -108,6 +114,10 @@ def run_pipeline(
         results,
     )
     return results
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    pass
 
 
 def _one_wandb_group(config: PipelineConfig, layout: PipelineDir) -> None:

@@ -180,3 +180,21 @@ def test_a_dead_rank_ends_the_run(tmp_path: Path) -> None:
     # Lightning's launcher notices the dead child and ends the other ranks with a one-line note.
     assert "terminated" in stderr or "error:" in stderr, stderr[-3000:]
     assert "Traceback" not in stderr
+
+
+def test_pipeline_ddp_runs_every_stage_on_both_ranks(tmp_path: Path) -> None:
+    from tests.cli_runs import SAE, TOY
+
+    config = write_yaml(
+        tmp_path / "run.yaml", {"toy": TOY, "export": {"samples": 2000}, "sae": SAE}
+    )
+    two = sae_cli("run", "--config", str(config), "--out", str(tmp_path / "two"), "--devices", "2")
+    assert two.returncode == 0, two.stderr[-2000:]
+    # Rank 1 joined both trainings (one process group for the command) and said nothing.
+    toy = json.loads((tmp_path / "two" / "toy" / "metrics.json").read_text())
+    sae = json.loads((tmp_path / "two" / "sae" / "run.json").read_text())
+    assert toy["world_size"] == sae["world_size"] == 2
+    assert toy["ranks_identical"] and sae["ranks_identical"]
+    assert two.stderr.count("[1/4]") == two.stderr.count("[3/4]") == 1, two.stderr
+    assert "deprecated" not in two.stderr and "Traceback" not in two.stderr
+    assert (tmp_path / "two" / "report.md").exists()
