@@ -68,6 +68,10 @@ TOY_SCORING_SEED = 2**31 - 1
 through ``shard_seed``, never from a generator seeded with this)."""
 PIPELINE_EXPORT_SEED = 12345
 """Default seed of the input stream ``sae run`` exports activations from."""
+MODULAR_INIT = 0xADD
+"""Block slot of a modular-addition instance's initialisation (from its seed in train.seeds)."""
+MODULAR_SPLIT = 0x5917
+"""Block slot of the modular-addition train/test split of the pairs (from train.split_seed)."""
 
 
 def epoch_permutation_seed(data_seed: int, epoch: int) -> int:
@@ -84,6 +88,14 @@ def resample_inputs_seed(data_seed: int, step: int) -> int:
 
 def resample_directions_seed(instance_seed: int, step: int) -> int:
     return shard_seed(instance_seed, step, RESAMPLE_DIRECTIONS)
+
+
+def modular_init_seed(seed: int) -> int:
+    return shard_seed(seed, 0, MODULAR_INIT)
+
+
+def modular_split_seed(split_seed: int) -> int:
+    return shard_seed(split_seed, 0, MODULAR_SPLIT)
 
 
 def toy_eval_seed(train_seed: int, chunk: int) -> int:
