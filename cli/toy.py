@@ -32,6 +32,27 @@ def train(run: RunOptions) -> None:
         click.echo(f"wrote {out}")
 
 
+@toy.command("phase-diagram")
+@run_options()
+def phase_diagram(run: RunOptions) -> None:
+    """Train a phase-diagram grid (2-in-1 or 3-in-2) best-of-k in one run; write phase.json and
+    plots/phase_diagram.png beside the usual toy-run files."""
+    from toymodels.config import ToyConfig
+    from toymodels.phase import phase_grid, run_phase_diagram
+
+    config, out, resuming = run.resolve(ToyConfig, needs_checkpoint=True)
+    phase_grid(config)  # refuse a config that is not a phase diagram before training
+    record = run_phase_diagram(config, out, resume=resuming)
+    if record is not None:
+        far = record["agreement_far_from_boundary"]
+        far_text = "n/a" if far is None else f"{far:.0%}"
+        click.echo(
+            f"trained label = closed-form label at {record['agreement']:.0%} of "
+            f"{len(record['r'])}x{len(record['density'])} points ({far_text} far from a boundary)"
+        )
+        click.echo(f"wrote {out}")
+
+
 @toy.command("export")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option(

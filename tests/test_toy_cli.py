@@ -83,7 +83,7 @@ def test_train_writes_the_run_folder(tiny_run: Path) -> None:
         for key in ("feature_dimensionality", "feature_norms", "interference"):
             assert len(r[key]) == 5 and all(math.isfinite(v) for v in r[key])
         norms = torch.tensor(r["feature_norms"])
-        assert r["n_represented"] == int((norms > 0.5).sum())
+        assert r["n_represented"] == sum(r["represented"])
         assert r["dims_per_feature"] == pytest.approx(2 / float(norms.square().sum()), rel=1e-5)
         assert 0 < r["loss"] < 0.2
     # Trained: the dense instance represents ~2 features, the sparse one more.
@@ -96,6 +96,10 @@ def test_train_writes_the_run_folder(tiny_run: Path) -> None:
     torch.testing.assert_close(
         torch.tensor([r["feature_norms"] for r in records]), weights["W"].norm(dim=-1)
     )
+    # "represented": a lone x_i = 1 moves output i by ReLU(‖W_i‖² + b_i) − ReLU(b_i) > 0.5.
+    b = weights["b"]
+    response = torch.relu(weights["W"].square().sum(-1) + b) - torch.relu(b)
+    assert [r["represented"] for r in records] == (response > 0.5).tolist()
 
     pngs = sorted((tiny_run / "plots").glob("*.png"))
     names = {p.name for p in pngs}

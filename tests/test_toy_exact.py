@@ -11,7 +11,7 @@ import torch
 
 from toymodels.config import ToyDataConfig
 from toymodels.data import FeatureDistribution
-from toymodels.diagnostics import diagnose
+from toymodels.diagnostics import diagnose, represented
 from toymodels.models import TiedToyModel, build_model, weighted_loss
 
 N_SAMPLES = 200_000
@@ -32,6 +32,15 @@ def tetrahedron() -> torch.Tensor:
 def random_rotation(m: int, seed: int) -> torch.Tensor:
     q, _ = torch.linalg.qr(torch.randn(m, m, generator=torch.Generator().manual_seed(seed)))
     return q.double()
+
+
+def tied(W: torch.Tensor, b: torch.Tensor | None = None, kind: str = "relu_output") -> TiedToyModel:
+    """A tied toy model holding the given W [instances, n, m] (and bias, default 0)."""
+    model = TiedToyModel(kind, W.shape[0], W.shape[1], W.shape[2])
+    with torch.no_grad():
+        model.W.copy_(W)
+        model.b.copy_(torch.zeros(W.shape[:2]) if b is None else b)
+    return model
 
 
 def embed(rows: torch.Tensor, n: int, m: int, seed: int = 0) -> torch.Tensor:
@@ -68,8 +77,8 @@ def test_dimensionality_of_known_polytopes(name: str) -> None:
     )
     # The zero rows are unrepresented and have dimensionality 0 (not NaN).
     assert torch.equal(D[:, k:], torch.zeros(2, n - k, dtype=torch.float64))
-    assert diag.represented[:, :k].all() and not diag.represented[:, k:].any()
-    assert diag.n_represented.tolist() == [k, k]
+    rep = represented(tied(W.float()))
+    assert rep[:, :k].all() and not rep[:, k:].any()
     torch.testing.assert_close(diag.feature_norms.double(), W.norm(dim=-1), rtol=1e-6, atol=1e-6)
     # D* = m / ‖W‖_F².
     frob = torch.tensor([k * 1.0, k * 1.7**2], dtype=torch.float64)
@@ -98,8 +107,17 @@ def test_interference_of_antipodal_pair_and_partial_overlap() -> None:
     # D_0 = 1 / (1 + 0.36), D_1 = 0.36 / (0.36 + 1), D_2 = 0.04 / 0.04
     dims = diag.feature_dimensionality[0].tolist()
     assert dims == pytest.approx([1 / 1.36, 0.36 / 1.36, 1.0])
-    # 0.2 < 0.5: feature 2 is not counted as represented.
-    assert diag.represented[0].tolist() == [True, True, False]
+    # The shared rule: a lone x_i = 1 must move output i by > 0.5. With b = 0 it moves it by
+    # ‖W_i‖² = 1, 0.36, 0.04; a bias of −0.3 on feature 0 leaves 0.7, one of +0.5 on feature 1
+    # lifts its baseline too (ReLU(0.86) − ReLU(0.5) = 0.36).
+    model = tied(W)
+    torch.testing.assert_close(model.lone_feature_response(), torch.tensor([[1.0, 0.36, 0.04]]))
+    assert represented(model)[0].tolist() == [True, False, False]
+    biased = tied(W, torch.tensor([[-0.3, 0.5, 0.0]]))
+    torch.testing.assert_close(biased.lone_feature_response(), torch.tensor([[0.7, 0.36, 0.04]]))
+    # A negative bias past ‖W_i‖² silences the feature: the output never moves.
+    silenced = tied(W, torch.tensor([[-1.2, 0.0, 0.0]]))
+    assert represented(silenced)[0].tolist() == [False, False, False]
     assert diag.dims_per_feature.tolist() == pytest.approx([2 / 1.4])
 
 
@@ -107,7 +125,7 @@ def test_all_zero_weights() -> None:
     diag = diagnose(torch.zeros(2, 6, 3))
     assert torch.equal(diag.feature_dimensionality, torch.zeros(2, 6))
     assert torch.isfinite(diag.dims_per_feature).all()
-    assert diag.n_represented.tolist() == [0, 0]
+    assert not represented(tied(torch.zeros(2, 6, 3))).any()
 
 
 # -- data ------------------------------------------------------------------------------------

@@ -45,8 +45,8 @@ class Sweep:
         return self.W[self.probability.index(p)]
 
     def represented(self, p: float) -> list[int]:
-        norms = torch.tensor(self.records[p]["feature_norms"])
-        return (norms > 0.5).nonzero().flatten().tolist()
+        """The features metrics.json calls represented (the shared functional rule)."""
+        return [i for i, r in enumerate(self.records[p]["represented"]) if r]
 
 
 def train_sweep(config_name: str, out: Path, overrides: list[str]) -> Sweep:
@@ -243,6 +243,8 @@ def test_the_paper_setups_are_shipped() -> None:
         "anticorrelated.yaml",
         "relu_hidden.yaml",
         "abs_value.yaml",
+        "phase_2in1.yaml",
+        "phase_3in2.yaml",
     }
     assert expected <= names, expected - names
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from sae.run.config_io import Config
 from sae.run.runtime import RuntimeConfig, WandbConfig, check_data_shards
@@ -41,6 +41,13 @@ class ToyDataConfig(Config):
     """Importance of feature i is importance_decay ** i (1.0: uniform)."""
     importance: list[float] | None = None
     """Explicit per-feature importances (n_features values); overrides importance_decay."""
+    importance_sweep: list[list[float]] | None = None
+    """Per-instance importance vectors (each n_features values): every feature_probability
+    value is trained with every vector, so one batched run covers a (sparsity, importance)
+    grid (the phase diagrams). Overrides importance and importance_decay."""
+    relative_density_sweep: list[list[float]] | None = None
+    """Per-instance relative-density vectors (each n_features values), crossed with the other
+    sweeps like importance_sweep; overrides relative_density."""
     correlated_sets: int = 0
     """Number of correlated sets (features 0 .. correlated_sets·set_size − 1): one draw decides
     whether the whole set is zero, each active member has its own magnitude."""
@@ -68,6 +75,60 @@ class ToyDataConfig(Config):
             raise ValueError("data set counts must be >= 0 and data.set_size >= 1")
         if self.repeats < 1:
             raise ValueError(f"data.repeats must be >= 1, got {self.repeats}")
+        for name in ("importance_sweep", "relative_density_sweep"):
+            sweep = getattr(self, name)
+            if sweep is not None and not sweep:
+                raise ValueError(f"data.{name} needs at least one vector (or null)")
+        if self.importance_sweep and any(i < 0 for v in self.importance_sweep for i in v):
+            raise ValueError("data.importance_sweep values must be >= 0")
+        if self.relative_density_sweep and any(
+            r <= 0 for v in self.relative_density_sweep for r in v
+        ):
+            raise ValueError("data.relative_density_sweep values must be > 0")
+
+    def importance_vectors(self, n_features: int) -> list[list[float]]:
+        """The importance vector of each importance group (one unless importance_sweep)."""
+        if self.importance_sweep is not None:
+            return [list(v) for v in self.importance_sweep]
+        if self.importance is not None:
+            return [list(self.importance)]
+        return [[self.importance_decay**i for i in range(n_features)]]
+
+    def relative_density_vectors(self, n_features: int) -> list[list[float]]:
+        """The relative-density vector of each density group (one unless the sweep is set)."""
+        if self.relative_density_sweep is not None:
+            return [list(v) for v in self.relative_density_sweep]
+        if self.relative_density is not None:
+            return [list(self.relative_density)]
+        return [[1.0] * n_features]
+
+    def instance_settings(self, n_features: int) -> list[InstanceSetting]:
+        """Every instance's setting, ordered (probability, importance, density, repeat)."""
+        importances = self.importance_vectors(n_features)
+        densities = self.relative_density_vectors(n_features)
+        return [
+            InstanceSetting(p, imp, rd, rep, i, j, k)
+            for i, p in enumerate(self.feature_probability)
+            for j, imp in enumerate(importances)
+            for k, rd in enumerate(densities)
+            for rep in range(self.repeats)
+        ]
+
+
+class InstanceSetting(NamedTuple):
+    """What one instance of a run is trained on (before restarts)."""
+
+    feature_probability: float
+    """The configured p = 1 − S (before relative density)."""
+    importance: list[float]
+    """[n_features] importance of each feature."""
+    relative_density: list[float]
+    """[n_features] multiplier of p for each feature."""
+    repeat: int
+    """Which independent repeat (seed) of this setting."""
+    probability_index: int
+    importance_index: int
+    density_index: int
 
 
 @dataclass
@@ -112,8 +173,13 @@ class ToyTrainConfig(Config):
     """Log metrics every this many steps."""
     checkpoint_every: int = 1000
     """Save a resumable checkpoint every this many steps."""
+    snapshot_every: int = 0
+    """Learning dynamics: record every instance's ‖W_i‖, D_i and loss every this many steps
+    into dynamics.safetensors (0: off)."""
 
     def validate(self) -> None:
+        if self.snapshot_every < 0:
+            raise ValueError(f"train.snapshot_every must be >= 0, got {self.snapshot_every}")
         if self.checkpoint_every < 1:
             raise ValueError(f"train.checkpoint_every must be >= 1, got {self.checkpoint_every}")
         if self.steps < 1:
@@ -146,6 +212,10 @@ class ToyConfig(Config):
             )
         if d.importance is not None and len(d.importance) != n:
             raise ValueError(f"data.importance needs {n} values, got {len(d.importance)}")
+        for name in ("importance_sweep", "relative_density_sweep"):
+            for k, v in enumerate(getattr(d, name) or []):
+                if len(v) != n:
+                    raise ValueError(f"data.{name}[{k}] needs {n} values, got {len(v)}")
         in_sets = (d.correlated_sets + d.anticorrelated_sets) * d.set_size
         if in_sets > n:
             raise ValueError(f"data sets need {in_sets} features but model.n_features is {n}")
@@ -153,5 +223,11 @@ class ToyConfig(Config):
 
     @property
     def n_instances(self) -> int:
-        """Instances after restarts are resolved: one per (probability, repeat)."""
-        return len(self.data.feature_probability) * self.data.repeats
+        """Instances after restarts are resolved: one per (probability, importance vector,
+        relative-density vector, repeat)."""
+        return len(self.instance_settings())
+
+    def instance_settings(self) -> list[InstanceSetting]:
+        """Every instance's setting, ordered (probability, importance, density, repeat): the
+        order of the weights, of metrics.json and of the data (restarts innermost)."""
+        return self.data.instance_settings(self.model.n_features)

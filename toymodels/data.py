@@ -55,27 +55,32 @@ class FeatureDistribution(nn.Module):
     def from_config(
         cls, config: ToyDataConfig, n_features: int, repeats_each: int = 1, signed: bool = False
     ) -> FeatureDistribution:
-        """Instances ordered (probability value, repeat, restart): each value of
-        ``config.feature_probability`` covers ``config.repeats * repeats_each`` instances."""
-        per_value = config.repeats * repeats_each
-        p = torch.tensor(config.feature_probability, dtype=torch.float64)
-        p = p.repeat_interleave(per_value)[:, None].expand(-1, n_features)
-        if config.relative_density is not None:
-            p = p * torch.tensor(config.relative_density, dtype=torch.float64)
-        p = p.clamp(max=1.0)
-        if config.importance is not None:
-            imp = torch.tensor(config.importance, dtype=torch.float64)
-        else:
-            imp = config.importance_decay ** torch.arange(n_features, dtype=torch.float64)
-        imp = imp.expand_as(p)
+        """Instances ordered (probability, importance, relative density, repeat, restart), as
+        ``config.instance_settings``; each setting covers ``repeats_each`` instances."""
+        settings = config.instance_settings(n_features)
+        p = torch.tensor(
+            [[s.feature_probability * r for r in s.relative_density] for s in settings],
+            dtype=torch.float64,
+        ).clamp(max=1.0)
+        imp = torch.tensor([s.importance for s in settings], dtype=torch.float64)
         return cls(
-            p.float(),
-            imp.float(),
+            p.repeat_interleave(repeats_each, dim=0).float(),
+            imp.repeat_interleave(repeats_each, dim=0).float(),
             config.correlated_sets,
             config.anticorrelated_sets,
             config.set_size,
             signed,
         )
+
+    def marginal_probability(self) -> Tensor:
+        """[instances, n_features]: how often each feature is nonzero. An anticorrelated set is
+        on with probability p and then picks one of its k members, so each member is on with
+        p / k; independent and correlated features are on with p."""
+        marginal = self.probability.clone()
+        start = self.correlated_sets * self.set_size
+        stop = start + self.anticorrelated_sets * self.set_size
+        marginal[:, start:stop] /= self.set_size
+        return marginal
 
     def select(self, index: Tensor | slice) -> FeatureDistribution:
         """The distribution of the chosen instances only."""

@@ -1,19 +1,25 @@
 """Per-instance superposition diagnostics from the paper, on W [instances, n_features, n_hidden].
 
-- feature norm ‖W_i‖; a feature counts as represented when ‖W_i‖ > 0.5;
+- feature norm ‖W_i‖;
 - interference Σ_{j≠i} (Ŵ_i·W_j)²;
 - feature dimensionality D_i = ‖W_i‖² / Σ_j (Ŵ_i·W_j)² (0 for an unrepresented zero row);
 - dimensions per feature D* = m / ‖W‖_F².
+
+Whether a feature is *represented* is decided by one functional rule, shared by metrics.json
+and the activation export (``represented``): alone at its largest value, the feature moves its
+own output by more than ``REPRESENTED_RESPONSE``.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
-REPRESENTED_NORM = 0.5
+REPRESENTED_RESPONSE = 0.5
+"""A lone feature at magnitude 1 must move its own output by more than this (half of the
+value it should reproduce) to count as represented."""
 
 
 class Diagnostics(NamedTuple):
@@ -25,10 +31,6 @@ class Diagnostics(NamedTuple):
     """[instances, n_features]"""
     dims_per_feature: Tensor
     """[instances]: D* = m / ‖W‖_F²"""
-    n_represented: Tensor
-    """[instances]: features with ‖W_i‖ > 0.5"""
-    represented: Tensor
-    """[instances, n_features] bool"""
 
 
 @torch.no_grad()
@@ -42,12 +44,16 @@ def diagnose(W: Tensor) -> Diagnostics:
     dimensionality = torch.where(norms > 1e-6, norms.square() / total.clamp_min(1e-24), 0.0)
     m = W.shape[-1]
     frob = W.square().sum(dim=(-2, -1))
-    represented = norms > REPRESENTED_NORM
     return Diagnostics(
         feature_norms=norms.float(),
         interference=(total - self_term).float(),
         feature_dimensionality=dimensionality.float(),
         dims_per_feature=(m / frob.clamp_min(1e-24)).float(),
-        n_represented=represented.sum(-1),
-        represented=represented,
     )
+
+
+@torch.no_grad()
+def represented(model: Any) -> Tensor:
+    """[instances, n_ground] bool: which ground-truth directions the model represents (the
+    functional rule above; ``model.lone_feature_response`` answers for each kind)."""
+    return model.lone_feature_response() > REPRESENTED_RESPONSE

@@ -12,7 +12,7 @@ from sae.activations import GroundTruth, write_activation_file
 from sae.run.config_io import config_to_dict
 from sae.run.errors import UsageError
 from sae.run.seeding import TOY_SCORING_SEED
-from toymodels.diagnostics import REPRESENTED_NORM
+from toymodels.diagnostics import represented
 from toymodels.io import load_toy_model
 from toymodels.models import select_instances
 
@@ -53,10 +53,14 @@ class ToyActivationSource:
         return self.model(x).hidden[:, 0], self.model.true_codes(x)[:, 0]
 
     def feature_probability(self) -> torch.Tensor:
-        return self.model.ground_truth_probability(self.distribution.probability[0].cpu())
+        """How often each ground-truth direction is active (a member of an anticorrelated set
+        of k: p / k)."""
+        marginal = self.distribution.marginal_probability()[0].cpu()
+        return self.model.ground_truth_probability(marginal)
 
     def represented(self) -> torch.Tensor:
-        return self.ground_truth.norm(dim=-1).cpu() > REPRESENTED_NORM
+        """The rule metrics.json uses: a lone feature moves its own output by > 0.5."""
+        return represented(self.model)[0].cpu()
 
     def scoring_ground_truth(self, samples: int, batch_size: int) -> GroundTruth:
         """What an SAE trained live on this instance is scored against: ``samples`` fresh rows

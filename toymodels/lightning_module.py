@@ -4,6 +4,7 @@ instances, AdamW with the configured schedule, metrics only on logging steps. Th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -17,7 +18,7 @@ from sae.run.schedules import lr_lambda
 from sae.run.seeding import draw_rank_batch, shard_seed, toy_eval_seed
 from toymodels.config import ToyConfig
 from toymodels.data import FeatureDistribution
-from toymodels.diagnostics import diagnose
+from toymodels.diagnostics import diagnose, represented
 from toymodels.models import ToyModel, build_model, weighted_loss
 
 
@@ -26,7 +27,8 @@ class ToyModelModule(StepEngine):
         if isinstance(config, dict):
             config = from_dict(ToyConfig, config)
         t = config.train
-        super().__init__(t.steps, (t.log_every, t.checkpoint_every), config.runtime.steps_per_call)
+        periods = (t.log_every, t.checkpoint_every, t.snapshot_every)
+        super().__init__(t.steps, periods, config.runtime.steps_per_call)
         self.config = config
         # Saved in checkpoints so a run resumes from the file alone.
         # (not logged: wandb gets the config once, from fit)
@@ -71,10 +73,11 @@ class ToyModelModule(StepEngine):
 
     def _log_metrics(self, step: int, loss: Tensor, per_instance: Tensor) -> dict[str, float]:
         diag = diagnose(self.model.feature_weights)
+        n_represented = represented(self.model).sum(-1).float()
         metrics: dict[str, Tensor] = {"train/loss": loss.detach()}
         for k in range(per_instance.shape[0]):
             metrics[f"loss/instance_{k}"] = per_instance[k].detach()
-            metrics[f"n_represented/instance_{k}"] = diag.n_represented[k].float()
+            metrics[f"n_represented/instance_{k}"] = n_represented[k]
             metrics[f"dims_per_feature/instance_{k}"] = diag.dims_per_feature[k]
         return log_scalars(self, metrics, step)
 
@@ -88,31 +91,44 @@ class ToyModelModule(StepEngine):
 
     @torch.no_grad()
     def evaluate(self, samples: int) -> Tensor:
-        """Per-instance loss [instances] on fresh samples from a stream training never uses."""
-        g = torch.Generator(device=self.device)
+        """Per-instance loss [instances] on fresh samples from a stream training never uses.
+
+        The restarts of a setting are scored on the same samples (common random numbers), so
+        best-of-k compares solutions, not draws."""
+        restarts = self.config.train.restarts
         total = torch.zeros(self.distribution.n_instances, device=self.device, dtype=torch.float64)
-        # Chunks of at most 8192 samples and 2^24 elements: memory stays bounded however many
-        # instances a sweep has.
+        for x, n in self.eval_batches(samples):
+            total += self.per_instance_loss(x.repeat_interleave(restarts, dim=1)).double() * n
+        return (total / samples).float()
+
+    def eval_batches(self, samples: int) -> Iterator[tuple[Tensor, int]]:
+        """The evaluation inputs, one column per setting (restarts share it): chunks of at most
+        8192 samples and 2^24 elements, so memory stays bounded however many instances a sweep
+        has."""
+        base = self.distribution.select(slice(None, None, self.config.train.restarts))
+        g = torch.Generator(device=self.device)
         per_sample = self.distribution.n_instances * self.distribution.n_features
         chunk = max(1, min(samples, 8192, 2**24 // per_sample))
         done, i = 0, 0
         while done < samples:
             n = min(chunk, samples - done)
             g.manual_seed(toy_eval_seed(self.config.train.seed, i))
-            total += self.per_instance_loss(self.distribution.sample(n, g)).double() * n
+            yield base.sample(n, g), n
             done, i = done + n, i + 1
-        return (total / samples).float()
 
 
 def toy_instance_labels(config: ToyConfig, restarts: int = 1) -> list[str]:
-    """wandb names of the instances, ordered (probability, repeat, restart) like the data:
-    ``p=0.05``, with ``repeat=r`` and ``restart=j`` when there are several."""
-    d = config.data
-    per_value = d.repeats * restarts
-    ks = range(len(d.feature_probability) * per_value)
-    values: dict[str, list[Any]] = {"p": [d.feature_probability[k // per_value] for k in ks]}
-    if d.repeats > 1:
-        values["repeat"] = [(k % per_value) // restarts for k in ks]
+    """wandb names of the instances, ordered (probability, importance, density, repeat,
+    restart) like the data: ``p=0.05``, with ``importance=j`` / ``density=j`` (the sweep's
+    vector index), ``repeat=r`` and ``restart=j`` when there are several."""
+    settings = [s for s in config.instance_settings() for _ in range(restarts)]
+    values: dict[str, list[Any]] = {"p": [s.feature_probability for s in settings]}
+    if config.data.importance_sweep is not None:
+        values["importance"] = [s.importance_index for s in settings]
+    if config.data.relative_density_sweep is not None:
+        values["density"] = [s.density_index for s in settings]
+    if config.data.repeats > 1:
+        values["repeat"] = [s.repeat for s in settings]
     if restarts > 1:
-        values["restart"] = [k % restarts for k in ks]
+        values["restart"] = [k % restarts for k in range(len(settings))]
     return instance_labels(values)

@@ -95,6 +95,16 @@ class TiedToyModel(nn.Module):
         """How often each ground-truth direction is active, from the features' probabilities."""
         return p
 
+    @torch.no_grad()
+    def lone_feature_response(self) -> Tensor:
+        """[instances, n_features]: how far x_i = 1 alone moves output i from the output at
+        x = 0 (the "represented" rule reads this)."""
+        n = self.W.shape[1]
+        eye = torch.eye(n, device=self.W.device, dtype=self.W.dtype)
+        x = torch.cat([eye, eye.new_zeros(1, n)])[:, None].expand(-1, self.W.shape[0], -1)
+        out = self(x.contiguous()).output  # [n + 1, instances, n]
+        return torch.diagonal(out[:n], dim1=0, dim2=2) - out[n]
+
 
 class AbsValueModel(nn.Module):
     """Computes |x|: h = ReLU(W₁x), y' = ReLU(W₂h + b). W1 [inst, n_features, n_hidden],
@@ -142,7 +152,19 @@ class AbsValueModel(nn.Module):
 
     def ground_truth_probability(self, p: Tensor) -> Tensor:
         """x_i is symmetric about 0: each half-direction is active half as often."""
-        return torch.cat([p / 2, p / 2])
+        return torch.cat([p / 2, p / 2], dim=-1)
+
+    @torch.no_grad()
+    def lone_feature_response(self) -> Tensor:
+        """[instances, 2 n_features]: for 'i+' how far x_i = +1 alone moves output i (the
+        target |x_i| = 1) from the output at x = 0; for 'i-' the same with x_i = −1."""
+        n = self.W1.shape[1]
+        eye = torch.eye(n, device=self.W1.device, dtype=self.W1.dtype)
+        x = torch.cat([eye, -eye, eye.new_zeros(1, n)])[:, None].expand(-1, self.W1.shape[0], -1)
+        out = self(x.contiguous()).output  # [2n + 1, instances, n]
+        plus = torch.diagonal(out[:n], dim1=0, dim2=2)
+        minus = torch.diagonal(out[n : 2 * n], dim1=0, dim2=2)
+        return torch.cat([plus, minus], dim=-1) - out[2 * n].repeat(1, 2)
 
 
 ToyModel = TiedToyModel | AbsValueModel

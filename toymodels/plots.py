@@ -186,3 +186,65 @@ def plot_neuron_stack(W: np.ndarray, path: str | os.PathLike, title: str = "") -
     cbar.set_ticks(np.arange(0, n_features, step))
     cbar.set_label("feature i (0 = most important)")
     return _finish(fig, path, title)
+
+
+PHASE_COLORS = {"not_represented": "#9e9e9e", "dedicated": "#1f77b4", "superposition": "#d62728"}
+"""Colours of the phase labels: dropped grey, a dimension of its own blue, shared red."""
+
+
+def plot_phase_diagram(record: dict, path: str | os.PathLike, title: str = "") -> Path:
+    """The paper's phase diagram: trained labels (dots) at each (density, r) point over the
+    closed-form regions (shaded) and their boundaries (lines). ``record`` is ``phase.json``."""
+    from toymodels.phase import SOLUTIONS, closed_form_winner
+
+    r = np.asarray(record["r"], dtype=float)
+    density = np.asarray(record["density"], dtype=float)
+    n = int(record["n_features"])
+    fine_r = np.geomspace(r.min() / 1.3, r.max() * 1.3, 300)
+    fine_p = np.geomspace(density.min() / 1.3, min(1.0, density.max() * 1.3), 300)
+    best, labels = closed_form_winner(n, fine_r[:, None], fine_p[None, :])
+    label_index = {name: k for k, name in enumerate(PHASE_COLORS)}
+    shade = np.vectorize(label_index.get)(labels).astype(float)
+    fig, ax = plt.subplots(figsize=(6.4, 5.2), layout="constrained")
+    ax.set(xscale="log", yscale="log")
+    cmap = ListedColormap(list(PHASE_COLORS.values()))
+    ax.pcolormesh(fine_p, fine_r, shade, cmap=cmap, vmin=-0.5, vmax=2.5, alpha=0.18, shading="auto")
+    # Boundaries between closed-form solutions (also between two "dedicated" ones in 3-in-2).
+    ax.contour(
+        fine_p,
+        fine_r,
+        best.astype(float),
+        levels=np.arange(len(SOLUTIONS[n]) - 1) + 0.5,
+        colors="black",
+        linewidths=1.0,
+    )
+    trained = np.asarray(record["trained"], dtype=object)
+    closed = np.asarray(record["closed_form"], dtype=object)
+    P, R = np.meshgrid(density, r)
+    for name, color in PHASE_COLORS.items():
+        hit = trained == name
+        ax.scatter(P[hit], R[hit], s=70, color=color, edgecolor="black", linewidth=0.6, label=name)
+    miss = trained != closed
+    if miss.any():
+        ax.scatter(
+            P[miss],
+            R[miss],
+            s=170,
+            facecolor="none",
+            edgecolor="black",
+            linewidth=1.2,
+            label="trained ≠ closed form",
+        )
+    ax.set_xlim(fine_p.max(), fine_p.min())  # dense on the left, like the paper
+    ax.set_xlabel("feature density 1 − S (all features)")
+    ax.set_ylabel("importance r of the extra feature (others 1)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    ax.text(
+        1.02,
+        0.02,
+        "shaded / lines:\nclosed form\ndots: trained",
+        transform=ax.transAxes,
+        fontsize=8,
+        va="bottom",
+    )
+    return _finish(fig, path, title)

@@ -14,7 +14,7 @@ from sae.run.metrics_log import MetricsFile
 from sae.run.runtime import finish_wandb
 from toymodels.config import ToyConfig
 from toymodels.data import FeatureDistribution
-from toymodels.diagnostics import diagnose
+from toymodels.diagnostics import diagnose, represented
 from toymodels.io import save_toy_model
 from toymodels.lightning_module import ToyModelModule, toy_instance_labels
 from toymodels.models import select_instances
@@ -68,18 +68,21 @@ def _finish(
     save_toy_model(RunDir(out_dir).model, model, distribution, config)
 
     diag = diagnose(model.feature_weights)
+    rep = represented(model)
+    settings = config.instance_settings()
     restart_losses = losses.view(-1, config.train.restarts)
     records = []
-    for k in range(config.n_instances):
+    for k, setting in enumerate(settings):
         records.append(
             {
                 "instance": k,
                 "loss": float(losses[keep[k]]),
                 "restart_losses": restart_losses[k].tolist(),
-                "feature_probability": float(
-                    config.data.feature_probability[k // config.data.repeats]
-                ),
-                "n_represented": int(diag.n_represented[k]),
+                "feature_probability": float(setting.feature_probability),
+                "importance": setting.importance,
+                "relative_density": setting.relative_density,
+                "n_represented": int(rep[k].sum()),
+                "represented": rep[k].tolist(),
                 "dims_per_feature": float(diag.dims_per_feature[k]),
                 "frobenius_norm_sq": float(diag.feature_norms[k].square().sum()),
                 "feature_dimensionality": diag.feature_dimensionality[k].tolist(),
@@ -108,7 +111,7 @@ def _plot(
     b = model.b.detach().numpy()
     made: dict[str, Path] = {}
     for k in range(min(config.n_instances, MAX_INSTANCE_PLOTS)):
-        p = config.data.feature_probability[k // config.data.repeats]
+        p = config.instance_settings()[k].feature_probability
         title = f"instance {k}, 1-S = {p:g}"
         made[f"wtw_instance{k}"] = plots.plot_wtw(
             W[k], b[k], folder / f"wtw_instance{k}.png", title

@@ -31,11 +31,17 @@ class RunDir:
     MODEL = "model.safetensors"
     """A toy run's weights (the best restart of each instance) with its config."""
     REPORT = "report.md"
+    PHASE = "phase.json"
+    """A toy phase-diagram run's labels: trained and closed-form, per (r, density) point."""
+    PHASE_FIGURE = "phase_diagram.png"
+    """The phase diagram, in ``plots/``."""
+    DYNAMICS = "dynamics.safetensors"
+    """A toy run's learning-dynamics snapshots (``train.snapshot_every``)."""
     PLOTS = "plots"
     WANDB = "wandb"
     MARKERS = (CONFIG, CHECKPOINTS, METRICS, MODEL, REPORT)
     """Files whose presence means a folder already holds a run."""
-    OUTPUT_FILES = (CONFIG, RECORD, METRICS, METRICS_LOG, MODEL, REPORT)
+    OUTPUT_FILES = (CONFIG, RECORD, METRICS, METRICS_LOG, MODEL, REPORT, PHASE, DYNAMICS)
     """Files a toy or SAE run writes at the top of its folder."""
     OUTPUT_FOLDERS = (CHECKPOINTS, PLOTS, WANDB)
     """Folders a run writes and owns whole (``--overwrite`` removes them with all they hold)."""
@@ -82,6 +88,14 @@ class RunDir:
     @property
     def plots(self) -> Path:
         return self.root / self.PLOTS
+
+    @property
+    def phase(self) -> Path:
+        return self.root / self.PHASE
+
+    @property
+    def dynamics(self) -> Path:
+        return self.root / self.DYNAMICS
 
     @property
     def wandb(self) -> Path:
