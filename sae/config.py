@@ -9,13 +9,17 @@ from sae.recipes import get_recipe
 from sae.run.config_io import Config
 from sae.run.runtime import RuntimeConfig, WandbConfig, check_data_shards
 
+DEFAULT_D_SAE = 256
+"""Latents per SAE when neither ``sae.d_sae`` nor ``sweep.d_sae`` says."""
+
 
 @dataclass
 class SAEConfig(Config):
     """One SAE: f = ReLU(W_enc(x − b_dec) + b_enc), x̂ = W_dec f + b_dec."""
 
-    d_sae: int = 256
-    """Number of latents."""
+    d_sae: int | None = None
+    """Number of latents of every instance (None: 256, or ``sweep.d_sae`` when that is set;
+    give the width in one of the two places)."""
     recipe: Literal["constrained", "april2024"] = "april2024"
     """constrained: unit-norm decoder rows (parallel gradient removed), sparsity Σ f_i.
     april2024: free decoder norms, sparsity Σ f_i‖W_dec,i‖, W_enc = W_decᵀ at init with decoder
@@ -30,7 +34,7 @@ class SAEConfig(Config):
     """Decoder row norm at init under april2024 (constrained always uses 1)."""
 
     def validate(self) -> None:
-        if self.d_sae < 1:
+        if self.d_sae is not None and self.d_sae < 1:
             raise ValueError(f"sae.d_sae must be >= 1, got {self.d_sae}")
         if self.decoder_init_norm <= 0:
             raise ValueError("sae.decoder_init_norm must be > 0")
@@ -47,29 +51,40 @@ class SweepConfig(Config):
     """Adam learning rate."""
     seed: list[int] = field(default_factory=lambda: [0])
     """Initialisation seed."""
+    d_sae: list[int] | None = None
+    """Number of latents per instance (a width sweep); None: ``sae.d_sae`` for every instance.
+    All instances share one tensor of the largest width; the latents past an instance's width
+    are zero and masked out of the forward pass, the gradients, resampling and the saved files,
+    so each instance trains as a run of its own width would."""
+
+    def _lists(self) -> list[list]:
+        return [self.l1_coefficient, self.lr, self.seed] + (
+            [self.d_sae] if self.d_sae is not None else []
+        )
 
     def validate(self) -> None:
-        lengths = {len(v) for v in (self.l1_coefficient, self.lr, self.seed)} - {1}
-        if 0 in {len(self.l1_coefficient), len(self.lr), len(self.seed)}:
+        lists = self._lists()
+        if 0 in {len(v) for v in lists}:
             raise ValueError("sweep lists need at least one value")
-        if len(lengths) > 1:
+        if len({len(v) for v in lists} - {1}) > 1:
             raise ValueError("sweep lists must have length 1 or all the same length")
         if any(v < 0 for v in self.l1_coefficient):
             raise ValueError("sweep.l1_coefficient must be >= 0")
         if any(v <= 0 for v in self.lr):
             raise ValueError("sweep.lr must be > 0")
+        if self.d_sae is not None and any(v < 1 for v in self.d_sae):
+            raise ValueError("sweep.d_sae must be >= 1")
 
     @property
     def n_instances(self) -> int:
-        return max(len(self.l1_coefficient), len(self.lr), len(self.seed))
+        return max(len(v) for v in self._lists())
+
+    def grow(self, values: list) -> list:
+        """``values`` (one value, or one per instance) as one value per instance."""
+        return values * self.n_instances if len(values) == 1 else list(values)
 
     def expanded(self) -> tuple[list[float], list[float], list[int]]:
-        n = self.n_instances
-
-        def grow(values: list) -> list:
-            return values * n if len(values) == 1 else list(values)
-
-        return grow(self.l1_coefficient), grow(self.lr), grow(self.seed)
+        return self.grow(self.l1_coefficient), self.grow(self.lr), self.grow(self.seed)
 
 
 @dataclass
@@ -190,6 +205,19 @@ class SAERunConfig(Config):
 
     def validate(self) -> None:
         check_data_shards(self.train.data_shards, self.train.batch_size, self.runtime)
+        swept, one = self.sweep.d_sae, self.sae.d_sae
+        if swept is not None and one is not None and set(swept) != {one}:
+            raise ValueError(
+                f"sae.d_sae ({one}) and sweep.d_sae ({swept}) both set the width: give it in "
+                "one place (--set sae.d_sae=null for a width sweep)"
+            )
+
+    @property
+    def widths(self) -> list[int]:
+        """Each instance's number of latents."""
+        if self.sweep.d_sae is not None:
+            return self.sweep.grow(self.sweep.d_sae)
+        return [self.sae.d_sae or DEFAULT_D_SAE] * self.sweep.n_instances
 
     def warnings(self, prefix: str = "") -> list[str]:
         """Settings that are valid but do not do what they seem to (one line each, keys under

@@ -55,10 +55,14 @@ class SAEModule(StepEngine):
         # Saved in checkpoints, not logged: wandb gets the config once, from fit.
         self.save_hyperparameters({"config": config_to_dict(config), "d_in": d_in}, logger=False)
         l1, lr, seeds = config.sweep.expanded()
-        self.instance_labels = instance_labels({"l1": l1, "lr": lr, "seed": seeds})
+        widths = config.widths
+        names = {"l1": l1, "lr": lr, "seed": seeds}
+        self.instance_labels = instance_labels(
+            names | ({"d_sae": widths} if len(set(widths)) > 1 else {})
+        )
         s = config.sae
         self.sae = SparseAutoencoder(
-            len(l1), d_in, s.d_sae, s.recipe, s.tied, seeds, s.decoder_init_norm
+            len(l1), d_in, max(widths), s.recipe, s.tied, seeds, s.decoder_init_norm, widths
         )
         self.instance_lr = torch.tensor(lr)
         self.source = source
@@ -66,8 +70,9 @@ class SAEModule(StepEngine):
         self.register_buffer("l1_coefficient", torch.tensor(l1))
         self.register_buffer("input_scale", torch.ones(()))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
-        self.register_buffer("window_fired", torch.zeros(len(l1), s.d_sae))
-        self.register_buffer("log_fired", torch.zeros(len(l1), s.d_sae))
+        self.register_buffer("window_fired", torch.zeros(len(l1), max(widths)))
+        self.register_buffer("log_fired", torch.zeros(len(l1), max(widths)))
+        self.register_buffer("width", torch.tensor(widths, dtype=torch.float32), persistent=False)
         self.register_buffer("log_samples", torch.zeros(()))
         self.register_buffer("resampled_total", torch.zeros(len(l1)))
 
@@ -186,7 +191,8 @@ class SAEModule(StepEngine):
         total_var = (x - x.mean(0)).square().sum()
         ev = 1 - resid / total_var.clamp_min(1e-12)
         l0 = (out.codes > 0).float().sum(-1).mean(-1)
-        dead = (counts == 0).float().mean(-1)
+        # Over each instance's own latents (a width sweep pads the narrower ones).
+        dead = ((counts == 0) & self.sae.latents).float().sum(-1) / self.width
         lr_now = self.instance_lr.to(x.device) * self.lr_schedulers().get_last_lr()[0]
         metrics: dict[str, Tensor] = {}
         for k in range(per_instance.shape[0]):

@@ -36,6 +36,7 @@ class SparseAutoencoder(nn.Module):
         tied: bool = False,
         seeds: list[int] | None = None,
         decoder_init_norm: float = 0.1,
+        widths: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.recipe, self.tied = recipe, tied
@@ -43,16 +44,36 @@ class SparseAutoencoder(nn.Module):
         """What the recipe decides (init norm, penalty, step constraint, resampling norm)."""
         self.n_instances, self.d_in, self.d_sae = n_instances, d_in, d_sae
         seeds = seeds if seeds is not None else list(range(n_instances))
-        # Each instance draws from its own seed, so a sweep equals its members trained alone.
-        directions = torch.stack(
-            [torch.randn(d_sae, d_in, generator=torch.Generator().manual_seed(s)) for s in seeds]
-        )
-        directions = directions / directions.norm(dim=-1, keepdim=True)
+        self.widths = list(widths) if widths is not None else [d_sae] * n_instances
+        """Each instance's own number of latents (a width sweep); ``d_sae`` is the largest."""
+        if len(self.widths) != n_instances or max(self.widths) != d_sae or min(self.widths) < 1:
+            raise ValueError(f"widths {self.widths} do not fit {n_instances} instances of {d_sae}")
+        # Each instance draws from its own seed, exactly the rows a run of its own width draws,
+        # so a sweep equals its members trained alone; latents past its width are zero.
+        directions = torch.zeros(n_instances, d_sae, d_in)
+        for k, (s, w) in enumerate(zip(seeds, self.widths)):
+            rows = torch.randn(w, d_in, generator=torch.Generator().manual_seed(s))
+            directions[k, :w] = rows / rows.norm(dim=-1, keepdim=True)
         W_dec = directions * self.rules.decoder_init_norm(decoder_init_norm)
         self.W_enc = nn.Parameter(W_dec.transpose(1, 2).contiguous())
         self.W_dec = None if tied else nn.Parameter(W_dec.clone())
         self.b_enc = nn.Parameter(torch.zeros(n_instances, d_sae))
         self.b_dec = nn.Parameter(torch.zeros(n_instances, d_in))
+        # [instances, d_sae] 1 for an instance's own latents; None when every width is d_sae
+        # (no masking cost for plain sweeps). A buffer: it follows the device.
+        mask = torch.arange(d_sae)[None, :] < torch.tensor(self.widths)[:, None]
+        self.register_buffer(
+            "latent_mask", None if bool(mask.all()) else mask.float(), persistent=False
+        )
+
+    @property
+    def latents(self) -> Tensor:
+        """[instances, d_sae] bool: True for the latents an instance owns (its width)."""
+        if self.latent_mask is None:
+            return torch.ones(
+                self.n_instances, self.d_sae, dtype=torch.bool, device=self.W_enc.device
+            )
+        return self.latent_mask > 0
 
     @property
     def decoder(self) -> Tensor:
@@ -66,6 +87,9 @@ class SparseAutoencoder(nn.Module):
         bias = self.b_enc - torch.einsum("id,ids->is", self.b_dec, self.W_enc)
         pre = torch.matmul(x, self.W_enc)
         pre += bias[:, None, :]  # in place: same numbers, two fewer [I, B, d_sae] temporaries
+        if self.latent_mask is not None:
+            # A width sweep: latents past an instance's width are 0 and get no gradient.
+            pre.mul_(self.latent_mask[:, None, :].to(pre.dtype))
         return torch.relu_(pre)
 
     def decode(self, codes: Tensor) -> Tensor:
@@ -103,11 +127,12 @@ class SparseAutoencoder(nn.Module):
     def instance_weights(self, k: int, input_scale: float = 1.0) -> dict[str, Tensor]:
         """Instance k in SAELens layout, with an input scale c folded back in: trained on c·x,
         the returned weights act on x and give the same codes."""
-        c = input_scale
-        # float32 on disk whatever the training precision (what SAELens and `sae eval` read).
+        c, w = input_scale, self.widths[k]
+        # float32 on disk whatever the training precision (what SAELens and `sae eval` read);
+        # only the instance's own latents (its width).
         return {
-            "W_enc": (self.W_enc[k] * c).float().contiguous().clone(),
-            "W_dec": (self.decoder[k] / c).float().contiguous().clone(),
-            "b_enc": self.b_enc[k].float().clone(),
+            "W_enc": (self.W_enc[k, :, :w] * c).float().contiguous().clone(),
+            "W_dec": (self.decoder[k, :w] / c).float().contiguous().clone(),
+            "b_enc": self.b_enc[k, :w].float().clone(),
             "b_dec": (self.b_dec[k] / c).float().clone(),
         }

@@ -41,6 +41,8 @@ def resample_dead_latents(
     generator seeded identically on every rank, or one per instance (seeded from each
     instance's own seed, so that an instance resamples exactly as it would if trained alone).
     """
+    # A width sweep: latents past an instance's width never fire but are not dead latents.
+    dead = dead & sae.latents
     n_dead = dead.sum(-1)
     if not bool(dead.any()):
         return n_dead
@@ -49,27 +51,26 @@ def resample_dead_latents(
     generators = generator if isinstance(generator, list) else [generator] * I
     if len(generators) != I:
         raise ValueError(f"need one generator per instance ({I}), got {len(generators)}")
+    # Each instance draws as many candidates as it has latents, so that it resamples exactly as
+    # a run of its own width would; the rows past its width are padding (never written).
+    directions = torch.zeros(I, L, d)
     if method == "anthropic":
         losses = (sae(inputs).x_hat - inputs).square().sum(-1).double().cpu()  # [I, n]
         weights = losses.square()
         weights = torch.where(weights.sum(-1, keepdim=True) > 0, weights, torch.ones_like(weights))
-        picks = torch.stack(
-            [
-                torch.multinomial(weights[k], L, replacement=True, generator=generators[k])
-                for k in range(I)
-            ]
-        )  # [I, L]
-        directions = inputs.cpu()[picks]  # [I, L, d]
+        candidates = inputs.cpu()
+        for k, w in enumerate(sae.widths):
+            picks = torch.multinomial(weights[k], w, replacement=True, generator=generators[k])
+            directions[k, :w] = candidates[picks]
     elif method == "simple":
-        directions = torch.stack(
-            [torch.randn(L, d, generator=generators[k], dtype=torch.float32) for k in range(I)]
-        )
+        for k, w in enumerate(sae.widths):
+            directions[k, :w] = torch.randn(w, d, generator=generators[k], dtype=torch.float32)
     else:
         raise ValueError(f"unknown resampling method {method!r}")
     directions = directions / directions.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     directions = directions.to(device=device, dtype=sae.W_enc.dtype)
 
-    alive = ~dead
+    alive = ~dead & sae.latents
     dec_norm = sae.decoder.norm(dim=-1)  # [I, L]
     enc_norm = sae.W_enc.norm(dim=1)  # [I, L]
     n_alive = alive.sum(-1).clamp_min(1)

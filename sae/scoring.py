@@ -61,6 +61,8 @@ def _labels(results: dict[str, dict[str, Any]]) -> list[str]:
     cfgs = [r["cfg"] for r in results.values()]
     if not all(c.get(k) is not None for c in cfgs for k in keys.values()):
         return list(results)
+    if len({c.get("d_sae") for c in cfgs}) > 1:  # a width sweep, named as in training
+        keys["d_sae"] = "d_sae"
     return instance_labels({short: [c[k] for c in cfgs] for short, k in keys.items()})
 
 

@@ -101,7 +101,7 @@ def save_instances(
     for k in range(module.sae.n_instances):
         cfg = {
             "d_in": module.sae.d_in,
-            "d_sae": module.sae.d_sae,
+            "d_sae": module.sae.widths[k],
             "recipe": config.sae.recipe,
             "tied": config.sae.tied,
             "l1_coefficient": l1[k],
@@ -133,8 +133,11 @@ class FiringHistogram(ChunkCallback):
         import numpy as np
         import wandb
 
+        widths = module.sae.widths  # a width sweep: only each instance's own latents
         payload = {
-            f"firing_frequency/instance_{k}": wandb.Histogram(np.log10(freq[k].numpy() + 1e-10))
+            f"firing_frequency/instance_{k}": wandb.Histogram(
+                np.log10(freq[k, : widths[k]].numpy() + 1e-10)
+            )
             for k in range(freq.shape[0])
         }
         # The scalars of this logging step went out stamped with the step just trained.
