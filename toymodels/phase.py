@@ -82,12 +82,12 @@ def closed_form_winner(n_features: int, r: Any, density: Any) -> tuple[np.ndarra
 
 
 def far_from_boundary(n_features: int, r: float, density: float, log10_margin: float = 0.3) -> bool:
-    """Whether the closed-form winner stays the same when density (and r) move by up to
+    """Whether the closed-form winner's label stays the same when density (and r) move by up to
     ``log10_margin`` decades either way."""
     steps = np.linspace(-log10_margin, log10_margin, 13)
     rs, ps = np.meshgrid(r * 10.0**steps, density * 10.0**steps)
-    best, _ = closed_form_winner(n_features, rs, np.minimum(ps, 1.0))
-    return bool((best == best.flat[len(steps) ** 2 // 2]).all())
+    _, labels = closed_form_winner(n_features, rs, np.minimum(ps, 1.0))
+    return bool((labels == labels.flat[len(steps) ** 2 // 2]).all())
 
 
 @torch.no_grad()
