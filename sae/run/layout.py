@@ -37,11 +37,23 @@ class RunDir:
     """The phase diagram, in ``plots/``."""
     DYNAMICS = "dynamics.safetensors"
     """A toy run's learning-dynamics snapshots (``train.snapshot_every``)."""
+    SELECTION = "selection.json"
+    """``sae select``'s choice of one SAE of the run, its method and signals."""
     PLOTS = "plots"
     WANDB = "wandb"
     MARKERS = (CONFIG, CHECKPOINTS, METRICS, MODEL, REPORT)
     """Files whose presence means a folder already holds a run."""
-    OUTPUT_FILES = (CONFIG, RECORD, METRICS, METRICS_LOG, MODEL, REPORT, PHASE, DYNAMICS)
+    OUTPUT_FILES = (
+        CONFIG,
+        RECORD,
+        METRICS,
+        METRICS_LOG,
+        MODEL,
+        REPORT,
+        PHASE,
+        DYNAMICS,
+        SELECTION,
+    )
     """Files a toy or SAE run writes at the top of its folder."""
     OUTPUT_FOLDERS = (CHECKPOINTS, PLOTS, WANDB)
     """Folders a run writes and owns whole (``--overwrite`` removes them with all they hold)."""
@@ -64,6 +76,10 @@ class RunDir:
     @property
     def metrics(self) -> Path:
         return self.root / self.METRICS
+
+    @property
+    def selection(self) -> Path:
+        return self.root / self.SELECTION
 
     @property
     def metrics_log(self) -> Path:
