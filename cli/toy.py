@@ -1,4 +1,4 @@
-"""``sae toy train`` and ``sae toy export``."""
+"""``sae toy train``, ``sae toy modular`` and ``sae toy export``."""
 
 from __future__ import annotations
 
@@ -32,6 +32,25 @@ def train(run: RunOptions) -> None:
         click.echo(f"wrote {out}")
 
 
+@toy.command("modular")
+@run_options(example="model.p=31")
+def modular(run: RunOptions) -> None:
+    """Train the bilinear modular-addition model (one instance per seed) and analyse it; write
+    config.yaml, model.safetensors, metrics.json, plots/."""
+    from toymodels.modular.config import ModularConfig
+    from toymodels.modular.train import train_modular
+
+    config, out, resuming = run.resolve(ModularConfig, needs_checkpoint=True)
+    metrics = train_modular(config, out, resume=resuming)
+    for r in metrics["instances"]:
+        click.echo(
+            f"seed {r['seed']}: loss={r['loss']:.4f} accuracy={r['accuracy']:.4f} "
+            f"key_frequencies={r['key_frequencies']} purity={r['mean_column_purity']:.3f} "
+            f"-> unmixed {r['mean_unmixed_column_purity']:.3f} ({'/'.join(r['unmix_method'])})"
+        )
+    click.echo(f"wrote {out}")
+
+
 @toy.command("phase-diagram")
 @run_options()
 def phase_diagram(run: RunOptions) -> None:
@@ -58,7 +77,12 @@ def phase_diagram(run: RunOptions) -> None:
 @click.option(
     "--instance", type=int, default=0, show_default=True, help="Which instance to export."
 )
-@click.option("--samples", type=int, default=100_000, show_default=True, help="Rows to write.")
+@click.option(
+    "--samples",
+    type=int,
+    default=None,
+    help="Rows to write [default: 100000; a modular-addition run: its p² pairs, shuffled].",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the input stream.")
 @click.option("--no-feature-acts", is_flag=True, help="Leave out the true codes (smaller file).")
 @click.option(
@@ -71,7 +95,7 @@ def phase_diagram(run: RunOptions) -> None:
 def export(
     run_dir: Path,
     instance: int,
-    samples: int,
+    samples: int | None,
     seed: int,
     no_feature_acts: bool,
     out: Path,
@@ -79,11 +103,21 @@ def export(
 ) -> None:
     """Write activations with ground truth of one trained instance (safetensors)."""
     from toymodels.export import export_activations
+    from toymodels.modular.io import FORMAT as MODULAR_FORMAT
+    from toymodels.modular.io import model_format
 
+    if model_format(run_dir) == MODULAR_FORMAT:  # a `sae toy modular` run
+        from toymodels.modular.export import export_modular
+
+        export_modular(
+            run_dir, instance, out, samples, seed, not no_feature_acts, overwrite=overwrite
+        )
+        click.echo(f"wrote {out}")
+        return
     export_activations(
         run_dir,
         instance,
-        samples,
+        100_000 if samples is None else samples,
         out,
         seed=seed,
         feature_acts=not no_feature_acts,

@@ -1,0 +1,116 @@
+"""Unmixing: an orthogonal (preferably involutory) Q with E Q made of pure-frequency columns,
+applied to both embeddings and, inversely, to the bilinear weights, so the network's function
+does not change: with x' = Qᵀx, L x = (L Q) x'.
+
+Candidates, in order: the normalised Sylvester Hadamard matrix H/√d conjugated by a signed
+permutation (S H Sᵀ/√d, symmetric and orthogonal, so Q² = I), when d is a power of two; then an
+involutory reflection nearest the frequency-plane basis; then that orthogonal basis itself.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from toymodels.modular.fourier import column_purity, fit_directions, fourier_power
+from toymodels.modular.model import BilinearWeights
+
+MAX_SIGNED_PERMUTATION_D = 4
+"""Search every signed permutation only up to this d (d = 4: 384 candidates)."""
+
+
+def sylvester_hadamard(d: int) -> Tensor:
+    """H/√d for d a power of two (Sylvester's construction): symmetric, orthogonal, Q² = I."""
+    if d < 1 or d & (d - 1):
+        raise ValueError(f"Sylvester Hadamard matrices exist for powers of two, not d={d}")
+    H = torch.ones(1, 1, dtype=torch.float64)
+    while H.shape[0] < d:
+        H = torch.cat([torch.cat([H, H], 1), torch.cat([H, -H], 1)], 0)
+    return H / d**0.5
+
+
+def signed_permutations(d: int) -> list[Tensor]:
+    if d > MAX_SIGNED_PERMUTATION_D:
+        return [torch.eye(d, dtype=torch.float64)]
+    out = []
+    for perm in itertools.permutations(range(d)):
+        P = torch.eye(d, dtype=torch.float64)[list(perm)]
+        for signs in itertools.product((1.0, -1.0), repeat=d):
+            out.append(torch.diag(torch.tensor(signs, dtype=torch.float64)) @ P)
+    return out
+
+
+def nearest_involution(M: Tensor) -> Tensor:
+    """The symmetric orthogonal matrix (Q² = I) nearest M: the polar factor of (M + Mᵀ)/2."""
+    sym = (M + M.T) / 2
+    values, vectors = torch.linalg.eigh(sym)
+    signs = torch.where(values >= 0, 1.0, -1.0).to(M.dtype)
+    return vectors @ torch.diag(signs) @ vectors.T
+
+
+def plane_basis(E: Tensor, keys: list[int]) -> Tensor:
+    """An orthogonal d × d matrix whose columns span each key frequency's plane in turn (nearest
+    orthogonal matrix to the per-frequency orthonormal bases), completed to d columns."""
+    d = E.shape[1]
+    fit = fit_directions(E, keys)
+    blocks = []
+    for i in range(len(keys)):
+        plane = fit.directions[2 * i : 2 * i + 2].T  # [d, 2]
+        q, r = torch.linalg.qr(plane)
+        rank = int((r.diagonal().abs() > 1e-8 * r.abs().max().clamp_min(1e-30)).sum())
+        blocks.append(q[:, :rank])
+    B = torch.cat(blocks, dim=1)[:, :d] if blocks else torch.zeros(d, 0, dtype=torch.float64)
+    if B.shape[1] < d:  # complete with the orthogonal complement
+        full = torch.linalg.qr(torch.cat([B, torch.eye(d, dtype=B.dtype)], 1)).Q
+        B = torch.cat([B, full[:, B.shape[1] : d]], 1)
+    U, _, Vh = torch.linalg.svd(B)
+    return U @ Vh
+
+
+class Unmixing(NamedTuple):
+    Q: Tensor
+    """[d, d] float64: the unmixed embedding is E Q."""
+    method: str
+    """hadamard, reflection (involutory, nearest the plane basis) or orthogonal."""
+    purity: Tensor
+    """[d] column purity of E Q."""
+
+
+def purity_of(E: Tensor, keys: list[int]) -> Tensor:
+    return column_purity(fourier_power(E.double()), keys)
+
+
+def find_unmixing(E: Tensor, keys: list[int], hadamard_min_purity: float = 0.9) -> Unmixing:
+    """The unmixing of one embedding E [p, d] (see the module docstring)."""
+    E = E.double()
+    d = E.shape[1]
+    perms = signed_permutations(d)
+    if d & (d - 1) == 0:
+        H = sylvester_hadamard(d)
+        best = max(
+            ((S @ H @ S.T) for S in perms), key=lambda Q: float(purity_of(E @ Q, keys).mean())
+        )
+        purity = purity_of(E @ best, keys)
+        if float(purity.mean()) >= hadamard_min_purity:
+            return Unmixing(best, "hadamard", purity)
+    O = plane_basis(E, keys)
+    reflection = max(
+        (nearest_involution(O @ S) for S in perms),
+        key=lambda Q: float(purity_of(E @ Q, keys).mean()),
+    )
+    p_ref, p_orth = purity_of(E @ reflection, keys), purity_of(E @ O, keys)
+    if float(p_ref.mean()) >= float(p_orth.mean()) - 0.02:
+        return Unmixing(reflection, "reflection", p_ref)
+    return Unmixing(O, "orthogonal", p_orth)
+
+
+def apply_unmixing(w: BilinearWeights, Q_a: Tensor, Q_b: Tensor) -> BilinearWeights:
+    """E_a Q_a, E_b Q_b, and L, R times blockdiag(Q_a, Q_b) (Q orthogonal: Q⁻ᵀ = Q), for
+    weights of one or more instances sharing the Q's."""
+    dtype = w.E_a.dtype
+    Qa, Qb = Q_a.to(dtype), Q_b.to(dtype)
+    block = torch.block_diag(Qa, Qb)
+    return BilinearWeights(w.E_a @ Qa, w.E_b @ Qb, w.L @ block, w.R @ block, w.U)
