@@ -103,7 +103,8 @@ def test_train_writes_the_run_folder(tiny_run: Path) -> None:
 
     pngs = sorted((tiny_run / "plots").glob("*.png"))
     names = {p.name for p in pngs}
-    assert {"wtw_instance0.png", "wtw_instance1.png", "dimensionality.png"} <= names
+    assert {"wtw.png", "feature_norms.png", "geometry.png", "dimensionality.png"} <= names
+    assert {"adversarial.png"} <= names and len(names) == 5  # grids, not one file per instance
     for png in pngs:
         data = png.read_bytes()
         assert data[:8] == PNG_SIGNATURE and len(data) > 1000, png
@@ -359,4 +360,4 @@ def test_wandb_offline_run_holds_the_logged_history(
     metrics = json.loads((out / "metrics.json").read_text())["instances"]
     assert final[0]["final/loss/p=0.1"] == pytest.approx(metrics[1]["loss"])
     assert final[0]["final/n_represented/p=1"] == metrics[0]["n_represented"]
-    assert any(key.startswith("plots/wtw_instance0") for key in final[0])
+    assert any(key.startswith("plots/wtw") for key in final[0])

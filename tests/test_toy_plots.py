@@ -80,3 +80,45 @@ def test_dimensionality_nan_inputs(tmp_path: Path) -> None:
         np.array([0.1, 0.0]), dims, np.array([np.inf, 0.5]), tmp_path / "nan.png"
     )
     assert_png(path)
+
+
+@pytest.mark.parametrize(("m", "zero"), [(1, False), (2, True), (3, False)])
+def test_grid_plots(tmp_path: Path, m: int, zero: bool) -> None:
+    """The per-run grid figures (one file per quantity across instances)."""
+    rng = np.random.default_rng(2)
+    k, n = 5, 6
+    W = np.zeros((k, n, m)) if zero else rng.normal(size=(k, n, m))
+    b = rng.normal(size=(k, n)) * 0.1
+    s = [stats(w) for w in W]
+    titles = [f"p={p:g}" for p in np.geomspace(1, 0.01, k)]
+    out = [
+        plots.plot_wtw_grid(W, b, titles, tmp_path / "wtw.png"),
+        plots.plot_feature_norms_grid(
+            np.stack([x[0] for x in s]), np.stack([x[1] for x in s]), titles, tmp_path / "n.png"
+        ),
+        plots.plot_neuron_stack_grid(W, titles, tmp_path / "stack.png"),
+        plots.plot_adversarial(
+            np.geomspace(1, 0.01, k),
+            rng.uniform(0.5, 3, k),
+            rng.uniform(0, 1, k),
+            tmp_path / "adv.png",
+        ),
+        plots.plot_dynamics(
+            np.arange(7) * 10,
+            rng.uniform(0, 1, (7, 2, n)),
+            rng.uniform(0.1, 1, (7, 2)),
+            titles[:2],
+            tmp_path / "dyn.png",
+        ),
+    ]
+    if m in (2, 3):
+        importance = np.tile(0.9 ** np.arange(n), (k, 1))
+        represented = np.linalg.norm(W, axis=-1) > 0.5
+        out.append(
+            plots.plot_geometry_grid(W, importance, represented, titles, tmp_path / "geo.png")
+        )
+    else:
+        with pytest.raises(ValueError, match="n_hidden 2 or 3"):
+            plots.plot_geometry_grid(W, W[..., 0], W[..., 0] > 0, titles, tmp_path / "geo.png")
+    for path in out:
+        assert_png(path)

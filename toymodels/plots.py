@@ -248,3 +248,219 @@ def plot_phase_diagram(record: dict, path: str | os.PathLike, title: str = "") -
         va="bottom",
     )
     return _finish(fig, path, title)
+
+
+# -- grid figures: one file per quantity across the instances of a run ------------------------
+
+
+def _grid(count: int, panel: tuple[float, float], **kw: object) -> tuple[plt.Figure, np.ndarray]:
+    """A figure of ``count`` panels in a near-square grid (unused panels hidden)."""
+    cols = int(np.ceil(np.sqrt(count)))
+    rows = int(np.ceil(count / cols))
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(panel[0] * cols, panel[1] * rows),
+        layout="constrained",
+        squeeze=False,
+        **kw,
+    )
+    for ax in axes.flat[count:]:
+        fig.delaxes(ax)  # hidden 3-D axes break constrained layout's bounding boxes
+    return fig, axes.flat[:count]
+
+
+def plot_wtw_grid(
+    W: np.ndarray, b: np.ndarray, titles: list[str], path: str | os.PathLike, title: str = ""
+) -> Path:
+    """W Wᵀ of every instance with its bias as a last column (after a gap); each panel has
+    its own symmetric colour scale, printed in its title."""
+    W = np.asarray(W, dtype=float)
+    b = np.asarray(b, dtype=float)
+    n = W.shape[1]
+    fig, axes = _grid(len(W), (2.6, 2.5))
+    for ax, Wk, bk, name in zip(axes, W, b, titles):
+        gram = Wk @ Wk.T
+        image = np.concatenate([gram, np.full((n, 1), np.nan), bk[:, None]], axis=1)
+        vmax = float(np.nanmax(np.abs(image), initial=0.0)) or 1.0
+        ax.imshow(image, cmap="RdBu", vmin=-vmax, vmax=vmax, interpolation="nearest")
+        ax.set_title(f"{name}\n|max| {vmax:.2g}", fontsize=8)
+        ax.set(xticks=[], yticks=[])
+    fig.colorbar(
+        ScalarMappable(Normalize(-1, 1), "RdBu"),
+        ax=list(axes),
+        shrink=0.6,
+        label="W Wᵀ and b (÷ panel max)",
+    )
+    return _finish(fig, path, title or "W Wᵀ | b per instance")
+
+
+def plot_feature_norms_grid(
+    norms: np.ndarray,
+    interference: np.ndarray,
+    titles: list[str],
+    path: str | os.PathLike,
+    title: str = "",
+) -> Path:
+    """‖W_i‖ bars (feature 0 on top) coloured by interference, one panel per instance."""
+    norms = np.asarray(norms, dtype=float)
+    interference = np.nan_to_num(np.asarray(interference, dtype=float), nan=0.0)
+    n = norms.shape[1]
+    cmap, norm = plt.get_cmap("inferno"), Normalize(0.0, 1.0, clip=True)
+    fig, axes = _grid(len(norms), (2.4, float(np.clip(0.12 * n + 1.2, 2.0, 6.0))))
+    top = max(1.1, float(np.nanmax(norms, initial=0.0)) * 1.05)
+    for ax, nk, ik, name in zip(axes, norms, interference, titles):
+        ax.barh(np.arange(n), nk, color=cmap(norm(ik)), edgecolor="0.5", linewidth=0.3)
+        ax.set_ylim(n - 0.5, -0.5)
+        ax.set_xlim(0.0, top)
+        ax.axvline(1.0, color="0.6", linestyle=":", linewidth=0.8)
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=7)
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), extend="max")
+    cbar.set_label(r"interference $\sum_{j\neq i}(\hat{W}_i\cdot W_j)^2$")
+    return _finish(fig, path, title or r"feature norms $\|W_i\|$ (feature 0 on top)")
+
+
+def plot_neuron_stack_grid(
+    W: np.ndarray, titles: list[str], path: str | os.PathLike, title: str = ""
+) -> Path:
+    """Per-neuron stacked feature weights (``plot_neuron_stack``), one panel per instance."""
+    W = np.asarray(W, dtype=float)
+    n_features, n_hidden = W.shape[1:]
+    fig, axes = _grid(len(W), (float(np.clip(0.3 * n_hidden + 1.5, 2.5, 10.0)), 2.6))
+    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.92, max(n_features, 2)))[:n_features]
+    for ax, Wk, name in zip(axes, W, titles):
+        _draw_neuron_stack(ax, Wk, colors)
+        ax.set_title(name, fontsize=8)
+        ax.tick_params(labelsize=6)
+    sm = ScalarMappable(norm=Normalize(-0.5, n_features - 0.5), cmap=ListedColormap(colors))
+    fig.colorbar(sm, ax=list(axes), pad=0.02).set_label("feature i (0 = most important)")
+    return _finish(fig, path, title or "weights per hidden neuron (sorted by strongest feature)")
+
+
+def _draw_neuron_stack(ax: plt.Axes, W: np.ndarray, colors: np.ndarray) -> None:
+    n_hidden = W.shape[1]
+    order = np.argsort(np.argmax(np.abs(W), axis=0), kind="stable")
+    Ws = W[:, order]
+    pos, neg = np.clip(Ws, 0, None), np.clip(Ws, None, 0)
+    polys, facecolors = [], []
+    for heights in (pos, neg):
+        bottoms = np.vstack([np.zeros(n_hidden), np.cumsum(heights, axis=0)[:-1]])
+        for i, j in zip(*np.nonzero(heights)):
+            x0, y0, h = j - 0.4, bottoms[i, j], heights[i, j]
+            polys.append([(x0, y0), (x0 + 0.8, y0), (x0 + 0.8, y0 + h), (x0, y0 + h)])
+            facecolors.append(colors[i])
+    ax.add_collection(PolyCollection(polys, facecolors=facecolors, edgecolors="white", lw=0.3))
+    ax.axhline(0.0, color="black", linewidth=0.6)
+    ax.set_xlim(-0.6, n_hidden - 0.4)
+    lo, hi = float(neg.sum(axis=0).min(initial=0.0)), float(pos.sum(axis=0).max(initial=0.0))
+    pad = 0.05 * (hi - lo) if hi > lo else 1.0
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set_xticks([])
+
+
+def plot_geometry_grid(
+    W: np.ndarray,
+    importance: np.ndarray,
+    represented: np.ndarray,
+    titles: list[str],
+    path: str | os.PathLike,
+    title: str = "",
+) -> Path:
+    """The paper's intro / pentagon pictures: every feature direction W_i as an arrow from the
+    origin (m = 2 in the plane, m = 3 in a 3-D projection), coloured by importance; features
+    the model does not represent are grey, dashed and marked ×. One panel per instance."""
+    W = np.asarray(W, dtype=float)
+    importance = np.asarray(importance, dtype=float)
+    represented = np.asarray(represented, dtype=bool)
+    m = W.shape[2]
+    if m not in (2, 3):
+        raise ValueError(f"geometry figures need n_hidden 2 or 3, got {m}")
+    kw = {"subplot_kw": {"projection": "3d"}} if m == 3 else {}
+    fig, axes = _grid(len(W), (2.6, 2.6), **kw)
+    lo, hi = float(importance.min()), float(importance.max())
+    norm = Normalize(lo, hi if hi > lo else lo + 1.0)
+    cmap = plt.get_cmap("viridis")
+    reach = max(1.0, float(np.abs(W).max(initial=0.0))) * 1.1
+    for ax, Wk, Ik, Rk, name in zip(axes, W, importance, represented, titles):
+        for i in np.argsort(Ik):  # most important drawn last, on top
+            color = cmap(norm(Ik[i])) if Rk[i] else "0.6"
+            style = "-" if Rk[i] else "--"
+            ax.plot(*[[0.0, c] for c in Wk[i]], style, color=color, linewidth=1.6)
+            ax.scatter(*[[c] for c in Wk[i]], color=color, s=14, marker="o" if Rk[i] else "x")
+        limits = (-reach, reach)
+        ax.set(xlim=limits, ylim=limits, xticks=[], yticks=[])
+        if m == 3:
+            ax.set(zlim=limits, zticks=[])
+            ax.view_init(elev=22, azim=35)
+        else:
+            ax.set_aspect("equal")
+            ax.axhline(0, color="0.85", linewidth=0.5, zorder=0)
+            ax.axvline(0, color="0.85", linewidth=0.5, zorder=0)
+        ax.set_title(name, fontsize=8)
+    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), shrink=0.7).set_label(
+        "importance (grey ×: not represented)"
+    )
+    return _finish(fig, path, title or "feature directions W_i")
+
+
+def plot_adversarial(
+    feature_probability: np.ndarray,
+    features_per_dimension: np.ndarray,
+    vulnerability: np.ndarray,
+    path: str | os.PathLike,
+    title: str = "",
+) -> Path:
+    """Vulnerability to the analytic attack against 1/(1 − S) and against 1/D* (features per
+    dimension, ‖W‖_F² / m), one dot per instance."""
+    p = np.asarray(feature_probability, dtype=float)
+    fpd = np.asarray(features_per_dimension, dtype=float)
+    v = np.asarray(vulnerability, dtype=float)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9.0, 3.8), layout="constrained", sharey=True)
+    order = np.argsort(p)[::-1]
+    a.plot(1.0 / p[order], v[order], "o-", color="tab:red")
+    a.set(xscale="log", xlabel="1 / (1 − S)", ylabel="vulnerability (Δloss / λ²)")
+    b.scatter(fpd, v, color="tab:red")
+    b.set(xlabel=r"features per dimension $1/D^* = \|W\|_F^2 / m$")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+    return _finish(fig, path, title or "analytic L2 attack, λ = 0.1 × mean ‖x‖")
+
+
+def plot_dynamics(
+    steps: np.ndarray,
+    dimensionality: np.ndarray,
+    loss: np.ndarray,
+    titles: list[str],
+    path: str | os.PathLike,
+    title: str = "",
+) -> Path:
+    """Feature dimensionality D_i over training (one line per feature) above the loss, one
+    column per instance; dashed guides at the polytope values."""
+    steps = np.asarray(steps, dtype=float)
+    dims = np.asarray(dimensionality, dtype=float)  # [T, instances, n]
+    loss = np.asarray(loss, dtype=float)  # [T, instances]
+    k = dims.shape[1]
+    fig, axes = plt.subplots(
+        2,
+        k,
+        figsize=(3.6 * k, 4.8),
+        layout="constrained",
+        squeeze=False,
+        sharex=True,
+        gridspec_kw={"height_ratios": [3, 1]},
+    )
+    colors = plt.get_cmap("tab20")(np.arange(dims.shape[2]) % 20)
+    for j in range(k):
+        top, bottom = axes[0, j], axes[1, j]
+        for value, _ in DIMENSIONALITY_GUIDES:
+            top.axhline(value, color="0.8", linestyle="--", linewidth=0.6, zorder=0)
+        for i in range(dims.shape[2]):
+            top.plot(steps, dims[:, j, i], color=colors[i], linewidth=0.9)
+        top.set(ylim=(-0.03, 1.1), title=titles[j])
+        bottom.plot(steps, loss[:, j], color="black", linewidth=1.0)
+        bottom.set(yscale="log", xlabel="step")
+        if j == 0:
+            top.set_ylabel(r"feature dimensionality $D_i$")
+            bottom.set_ylabel("loss")
+    return _finish(fig, path, title or "learning dynamics")

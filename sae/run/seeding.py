@@ -63,6 +63,8 @@ RESAMPLE_DIRECTIONS = 99
 """Block slot of an SAE instance's generator at a resample step (from the instance's seed)."""
 TOY_EVAL_OFFSET = 1_000_003
 """Added to ``train.seed`` for the toy model's final-evaluation stream (never used in training)."""
+TOY_DYNAMICS_OFFSET = 2_000_003
+"""Added to ``train.seed`` for the fixed batch that learning-dynamics snapshots score."""
 TOY_SCORING_SEED = 2**31 - 1
 """Seed of the fresh toy inputs that score an SAE trained live on a toy model (training draws
 through ``shard_seed``, never from a generator seeded with this)."""
@@ -100,3 +102,7 @@ def modular_split_seed(split_seed: int) -> int:
 
 def toy_eval_seed(train_seed: int, chunk: int) -> int:
     return shard_seed(train_seed + TOY_EVAL_OFFSET, chunk, 0)
+
+
+def toy_dynamics_seed(train_seed: int) -> int:
+    return shard_seed(train_seed + TOY_DYNAMICS_OFFSET, 0, 0)
