@@ -23,7 +23,7 @@ from toymodels.modular.config import ModularConfig
 from toymodels.modular.fourier import fit_directions, fourier_power, key_frequencies
 from toymodels.modular.io import load_modular
 from toymodels.modular.model import BilinearWeights, all_pairs
-from toymodels.modular.unmixing import find_unmixing
+from toymodels.modular.unmixing import bilinear_reads, find_unmixing
 
 
 class PureFrequencies(NamedTuple):
@@ -85,8 +85,8 @@ def code_l1(w: BilinearWeights, config: ModularConfig) -> dict[str, float]:
     x = pair_inputs(w, config.model.p).double()
     centred = x - x.mean(dim=0)
     an = config.analysis
-    Qa = find_unmixing(w.E_a[0], pure.keys, an.hadamard_min_purity).Q
-    Qb = find_unmixing(w.E_b[0], pure.keys, an.hadamard_min_purity).Q
+    Qa = find_unmixing(w.E_a[0], pure.keys, an.hadamard_min_purity, bilinear_reads(w, "a")).Q
+    Qb = find_unmixing(w.E_b[0], pure.keys, an.hadamard_min_purity, bilinear_reads(w, "b")).Q
     unmixed = centred @ torch.block_diag(Qa, Qb)
     return {
         "pure_basis": float(pure.codes.sum(1).mean()),
@@ -101,8 +101,8 @@ def unmixing_dictionary(w: BilinearWeights, config: ModularConfig) -> Tensor:
     power = torch.cat([fourier_power(w.E_a[0]), fourier_power(w.E_b[0])], dim=1)
     an = config.analysis
     keys = key_frequencies(power, an.key_frequencies, an.key_power_share, cap=config.model.d)
-    Qa = find_unmixing(w.E_a[0], keys, an.hadamard_min_purity).Q
-    Qb = find_unmixing(w.E_b[0], keys, an.hadamard_min_purity).Q
+    Qa = find_unmixing(w.E_a[0], keys, an.hadamard_min_purity, bilinear_reads(w, "a")).Q
+    Qb = find_unmixing(w.E_b[0], keys, an.hadamard_min_purity, bilinear_reads(w, "b")).Q
     columns = torch.block_diag(Qa, Qb).T
     return torch.cat([columns, -columns])
 

@@ -83,28 +83,43 @@ def purity_of(E: Tensor, keys: list[int]) -> Tensor:
     return column_purity(fourier_power(E.double()), keys)
 
 
-def find_unmixing(E: Tensor, keys: list[int], hadamard_min_purity: float = 0.9) -> Unmixing:
-    """The unmixing of one embedding E [p, d] (see the module docstring)."""
+def find_unmixing(
+    E: Tensor,
+    keys: list[int],
+    hadamard_min_purity: float = 0.9,
+    reads: Tensor | None = None,
+) -> Unmixing:
+    """The unmixing of one embedding E [p, d] (see the module docstring). ``reads``: the
+    columns of L and R that read this embedding ([rows, d]); among candidates of equal purity
+    (to 1e-3) the one that leaves them sparsest (smallest L1 norm) wins: E alone cannot tell a
+    frequency's phases apart, the bilinear weights can."""
     E = E.double()
     d = E.shape[1]
     perms = signed_permutations(d)
+
+    def rank(Q: Tensor) -> tuple[float, float]:
+        purity = round(float(purity_of(E @ Q, keys).mean()), 3)
+        return purity, -float((reads.double() @ Q).abs().sum()) if reads is not None else 0.0
+
     if d & (d - 1) == 0:
         H = sylvester_hadamard(d)
-        best = max(
-            ((S @ H @ S.T) for S in perms), key=lambda Q: float(purity_of(E @ Q, keys).mean())
-        )
+        best = max((S @ H @ S.T for S in perms), key=rank)
         purity = purity_of(E @ best, keys)
         if float(purity.mean()) >= hadamard_min_purity:
             return Unmixing(best, "hadamard", purity)
     O = plane_basis(E, keys)
-    reflection = max(
-        (nearest_involution(O @ S) for S in perms),
-        key=lambda Q: float(purity_of(E @ Q, keys).mean()),
-    )
+    reflection = max((nearest_involution(O @ S) for S in perms), key=rank)
     p_ref, p_orth = purity_of(E @ reflection, keys), purity_of(E @ O, keys)
-    if float(p_ref.mean()) >= float(p_orth.mean()) - 0.02:
+    if float(p_ref.mean()) >= float(p_orth.mean()) - 0.01:
         return Unmixing(reflection, "reflection", p_ref)
     return Unmixing(O, "orthogonal", p_orth)
+
+
+def bilinear_reads(w: BilinearWeights, side: str) -> Tensor:
+    """The columns of L and R (one instance) that read E_a (side "a") or E_b ("b"): [2m, d]."""
+    d = w.E_a.shape[-1]
+    cols = slice(0, d) if side == "a" else slice(d, 2 * d)
+    return torch.cat([w.L[0, :, cols], w.R[0, :, cols]])
 
 
 def apply_unmixing(w: BilinearWeights, Q_a: Tensor, Q_b: Tensor) -> BilinearWeights:
