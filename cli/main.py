@@ -15,6 +15,7 @@ from cli.configs import configs
 from cli.evaluate import eval_command
 from cli.run import run
 from cli.sae_train import train
+from cli.select import select_command
 from cli.sweep_args import sweep_args_to_sets
 from cli.toy import toy
 from sae.run.distributed import end_process_group
@@ -41,6 +42,7 @@ cli.add_command(train)
 cli.add_command(eval_command)
 cli.add_command(run)
 cli.add_command(configs)
+cli.add_command(select_command)
 
 _quiet = {"libraries": True}  # run_cli sets it; False with --debug
 

@@ -1,0 +1,175 @@
+"""``sae select``: the ground-truth-free choice of one SAE of a run, selection.json, refusals."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from cli_runs import QUIET, sae_cli, write_yaml
+from synthetic import write_planted_file
+
+from cli.main import cli, run_cli
+from sae.select import InstanceSignals, choose, knee, mmcs, resolve_auto
+
+
+def _signals(rows: list[dict]) -> list[InstanceSignals]:
+    base = dict(
+        name="",
+        l1_coefficient=0.1,
+        lr=1e-3,
+        seed=0,
+        d_sae=8,
+        explained_variance=0.9,
+        l0=1.0,
+        dead_fraction=0.0,
+        loss=1.0,
+        seed_mmcs=None,
+        larger_mmcs=None,
+        lambda_mmcs=None,
+        l0_slope=None,
+        ev_knee=None,
+    )
+    return [InstanceSignals(**(base | {"name": f"sae_{k}"} | r)) for k, r in enumerate(rows)]
+
+
+def test_knee_and_mmcs_on_known_curves() -> None:
+    # A curve flat after x = 2: the knee is there; a straight line has none.
+    d = knee([0, 1, 2, 3, 4], [0, 0.5, 1.0, 1.0, 1.0])
+    assert max(range(5), key=d.__getitem__) == 2 and d[0] == d[4] == 0
+    assert max(knee([0, 1, 2, 3], [0, 1, 2, 3])) < 1e-12
+    eye = torch.eye(4)
+    assert mmcs(eye, eye) == 1.0
+    assert mmcs(eye[:2], eye[2:]) == 0.0
+    half = torch.tensor([[1.0, 1.0, 0, 0]]) / math.sqrt(2)
+    assert mmcs(half, eye) == pytest.approx(1 / math.sqrt(2))
+
+
+def test_width_rules_pick_the_width_where_the_dictionary_stops_growing() -> None:
+    # One λ chain: 4, 8, 16 latents. Dead latents appear past 8; the loss stops falling at 8;
+    # the 8-latent dictionary is the one the 16-latent one contains.
+    rows = [
+        dict(d_sae=4, dead_fraction=0.0, loss=2.0, larger_mmcs=0.70, lambda_mmcs=0.5),
+        dict(d_sae=8, dead_fraction=0.0, loss=1.0, larger_mmcs=0.99, lambda_mmcs=0.6),
+        dict(d_sae=16, dead_fraction=0.4, loss=0.95, larger_mmcs=None, lambda_mmcs=0.9),
+    ]
+    s = _signals(rows)
+    assert choose("dead_onset+lambda_mmcs", s) == 1
+    assert choose("loss_elbow+lambda_mmcs", s) == 1
+    assert choose("larger_mmcs+lambda_mmcs", s) == 1
+    assert choose("lambda_mmcs", s) == 2  # without a width rule: the best λ score anywhere
+    assert choose("seed_mmcs", s) is None  # one seed: the rule cannot run
+    assert resolve_auto(s) == "dead_onset+l0_plateau" or choose(resolve_auto(s), s) is not None
+
+
+def test_auto_prefers_seed_agreement_when_the_run_has_seeds() -> None:
+    s = _signals(
+        [
+            dict(seed=0, l1_coefficient=0.1, seed_mmcs=0.7, l0_slope=0.1),
+            dict(seed=1, l1_coefficient=0.1, seed_mmcs=0.7, l0_slope=0.1),
+            dict(seed=0, l1_coefficient=1.0, seed_mmcs=0.95, l0_slope=0.9),
+            dict(seed=1, l1_coefficient=1.0, seed_mmcs=0.95, l0_slope=0.9),
+        ]
+    )
+    assert resolve_auto(s) == "seed_mmcs" and choose("seed_mmcs", s) == 2
+    assert choose("l0_plateau", s) == 0
+
+
+LAMBDAS = [0.003, 0.3, 30.0]
+
+
+@pytest.fixture(scope="module")
+def planted_run(tmp_path_factory) -> tuple[Path, Path]:
+    """16 planted features in 8 dims; λ ∈ {0.003 (too small: smeared), 0.3 (recovers them),
+    30 (kills most latents)} × 2 seeds, 16 latents: the answer is clearly λ = 0.3."""
+    root = tmp_path_factory.mktemp("select")
+    data = root / "planted.safetensors"
+    write_planted_file(data, n_features=16, d=8, n_rows=20_000, p=0.05, seed=3)
+    config = {
+        "sae": {"d_sae": 16, "recipe": "constrained", "b_dec_init": "geometric_median"},
+        "sweep": {
+            "l1_coefficient": [lam for lam in LAMBDAS for _ in (0, 1)],
+            "seed": [0, 1] * len(LAMBDAS),
+            "lr": [3e-3],
+        },
+        "train": {"steps": 1500, "batch_size": 256, "log_every": 500, "checkpoint_every": 10**6},
+        **QUIET,
+    }
+    out = root / "run"
+    path = write_yaml(root / "run.yaml", config)
+    args = ["train", "--config", path, "--activations", data, "--out", out]
+    assert run_cli(cli.main, [str(a) for a in args]) == 0
+    return out, data
+
+
+@pytest.mark.slow
+def test_select_picks_the_planted_answer_and_reports_regret(planted_run, capsys) -> None:
+    run, _ = planted_run
+    code, out, err = sae_cli(["select", run], capsys)
+    assert code == 0, err
+    record = json.loads((run / "selection.json").read_text())
+    picked = record["signals"]["instances"][record["instance"]]
+    assert picked["l1_coefficient"] == 0.3, out
+    assert record["method"] == "seed_mmcs"  # auto: the run has two seeds of each λ
+    gt = record["ground_truth"]
+    assert gt["regret"] == pytest.approx(gt["best"] - gt["chosen"])
+    # measured: chosen 0.914, best 0.915 (the other seed of λ = 0.3)
+    assert gt["chosen"] > 0.85 and gt["regret"] < 0.02, gt
+    # the printed report: the choice and its ground-truth score, the best and the regret
+    assert f"selected {record['sae']}" in out
+    assert f"regret {gt['regret']:.4f}" in out and f"best {gt['best']:.4f}" in out
+    # λ = 30 killed most latents; λ = 0.003 reconstructs best yet is not chosen
+    worst = [s for s in record["signals"]["instances"] if s["l1_coefficient"] == 30.0]
+    assert all(s["dead_fraction"] > 0.5 for s in worst)
+    ev = {s["l1_coefficient"]: s["explained_variance"] for s in record["signals"]["instances"]}
+    assert ev[0.003] > ev[0.3]
+
+
+@pytest.mark.slow
+def test_selection_json_is_written_atomically_with_its_schema(
+    planted_run, capsys, monkeypatch
+) -> None:
+    run, _ = planted_run
+    target = run / "selection.json"
+    target.write_text("old")
+    replaced = []
+    real_replace = os.replace
+
+    def spy(src, dst):  # the whole file exists under a temporary name before the rename
+        replaced.append((Path(src), Path(dst), json.loads(Path(src).read_text())))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    code, out, err = sae_cli(["select", run, "--method", "lambda_mmcs", "--json"], capsys)
+    assert code == 0, err
+    (src, dst, content) = next(r for r in replaced if r[1].name == "selection.json")
+    assert dst == target and src.parent == run and src.name.startswith(".selection.json.")
+    record = json.loads(target.read_text())
+    assert record == content == json.loads(out)
+    assert isinstance(record["instance"], int) and record["method"] == "lambda_mmcs"
+    assert record["sae"] == f"sae_{record['instance']}"
+    assert set(record["signals"]) == {"instances", "widths"}
+    assert len(record["signals"]["instances"]) == 2 * len(LAMBDAS)
+    assert {"seed_mmcs", "lambda_mmcs", "l0_slope", "explained_variance", "l0"} <= set(
+        record["signals"]["instances"][0]
+    )
+    assert record["choices"]["seed_mmcs"] is not None and "ground_truth" in record
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_select_refuses_a_folder_without_finished_saes(tmp_path, capsys) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, out, err = sae_cli(["select", empty], capsys)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        f"error: {empty} holds no finished SAEs to select from (train them first: sae train)"
+    ]
+    # A run record whose SAE folders are gone is refused the same way.
+    (empty / "run.json").write_text(json.dumps({"instances": ["sae_0"]}))
+    code, _, err = sae_cli(["select", empty], capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "no finished SAEs" in err
+    assert not (empty / "selection.json").exists()
