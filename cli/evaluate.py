@@ -15,6 +15,7 @@ TABLE_KEYS = [
     "all/mcc",
     "all/mmcs",
     "explained_variance",
+    "explained_variance_ceiling",
     "sae_l0",
     "dead_latents",
 ]

@@ -13,7 +13,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sae.metrics import ReconstructionStats, block_rows, evaluate_dictionary
+from sae.metrics import (
+    ReconstructionStats,
+    block_rows,
+    evaluate_dictionary,
+    with_relative_flags,
+)
 from sae.model import SparseAutoencoder
 from sae.run.errors import UsageError
 from sae.run.files import write_json
@@ -87,16 +92,23 @@ def evaluate_sae(
             f"ground truth has width {ground_truth.shape[1]} but the SAE reads "
             f"{decoder.shape[1]} dimensions"
         )
-    dictionary = evaluate_dictionary(
-        ground_truth,
-        decoder,
-        represented,
-        threshold=threshold,
-        chunk_size=chunk_size,
-        device=device,
-        heatmap_side=HEATMAP_SIDE,
+    # Split / absorbing flags relative to how close the true features are to each other.
+    dictionary = with_relative_flags(
+        evaluate_dictionary(
+            ground_truth,
+            decoder,
+            represented,
+            threshold=threshold,
+            chunk_size=chunk_size,
+            device=device,
+            heatmap_side=HEATMAP_SIDE,
+        )
     )
     stats = ReconstructionStats(dictionary.all.latent_best_feature, represented)
+    # The ceiling: the explained variance of the true codes times the true directions on the
+    # same rows (1 where activations are exactly that linear mix, below 1 for relu_hidden/abs).
+    ceiling = ReconstructionStats()
+    truth = ground_truth.to(device).float()
     width = max(decoder.shape[0], ground_truth.shape[0], decoder.shape[1])
     rows = block_rows(width, chunk_size)
     for x, codes in batches:
@@ -105,8 +117,12 @@ def evaluate_sae(
             true = None if codes is None else codes[start : start + rows].to(device)
             out = sae(xb)
             stats.update(xb, out.x_hat[0], out.codes[0], true)
+            if true is not None:
+                ceiling.update(xb, true.float() @ truth, true)
     stats_scalars, arrays = stats.results()
     scalars = dictionary.to_dict() | stats_scalars
+    if ceiling.n_samples:
+        scalars["explained_variance_ceiling"] = ceiling.results()[0]["explained_variance"]
     n_features = ground_truth.shape[0]
     names = feature_names or [str(i) for i in range(n_features)]
     return {

@@ -27,6 +27,7 @@ then run on the CPU.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Literal, NamedTuple
 
@@ -635,6 +636,70 @@ def evaluate_dictionary(
     )
     rep = scores[1] if represented is not None else None
     return DictionaryEvaluation(scores[0], rep, blocks, chunk_size, heatmap)
+
+
+FLAG_MARGIN = 0.05
+"""How far a latent must beat the true features' own closeness to count in a flag."""
+
+
+def with_relative_flags(ev: DictionaryEvaluation) -> DictionaryEvaluation:
+    """``ev`` with its split / absorption flags judged relative to the true features' own
+    closeness (``_relative_flags``); ``sae eval`` reports these. The threshold-only flags of
+    ``evaluate_dictionary`` / ``score_features`` are a superset."""
+    size = ev._chunk_size
+    ev.all = _relative_flags(ev.all, ev._blocks, size)
+    if ev.represented is not None:
+        ev.represented = _relative_flags(ev.represented, ev._blocks, size)
+    return ev
+
+
+def _relative_flags(s: DictionaryScores, blocks: CosineBlocks, chunk_size: int) -> DictionaryScores:
+    """Split and absorption flags judged against how close the true features themselves are
+    (when true features overlap, as ReLU(W_i) do for relu_hidden, a perfect dictionary must
+    raise no flag). Of the candidates the threshold rule flagged, keep:
+
+    - split feature f: 2+ latents whose best feature is f with cos > max(threshold,
+      nn(f) + FLAG_MARGIN), nn(f) = the highest cosine of f with another scored feature;
+    - absorbing latent j (best feature f): 2+ scored features g with cos(j, g) >
+      max(threshold, cos(f, g) + FLAG_MARGIN) (f itself: cos(j, f) > threshold).
+
+    Only candidates are recomputed (rows of at most ``chunk_size``), never the whole matrix.
+    """
+    if not (s.split_features.size or s.absorbing_latents.size):
+        return s
+    dev = blocks.device
+    ids = torch.as_tensor(s.feature_ids, dtype=torch.long, device=dev)
+    truths = blocks.gt.index_select(0, ids)  # unit rows of the scored features
+    position = {int(f): k for k, f in enumerate(s.feature_ids)}
+    step = max(1, block_rows(max(ids.numel(), 1), chunk_size))
+
+    split = []
+    for start in range(0, s.split_features.size, step):
+        cand = s.split_features[start : start + step]
+        rows = torch.as_tensor([position[int(f)] for f in cand], dtype=torch.long, device=dev)
+        near = truths.index_select(0, rows) @ truths.T
+        near[torch.arange(rows.numel(), device=dev), rows] = -math.inf
+        bar = near.max(dim=1).values.clamp_min(s.threshold - FLAG_MARGIN) + FLAG_MARGIN
+        bar = bar.cpu().numpy()
+        for f, b in zip(cand, bar):
+            mine = (s.latent_best_feature == f) & (s.latent_best_cos > b)
+            if mine.sum() >= 2:
+                split.append(int(f))
+
+    absorbing = []
+    for start in range(0, s.absorbing_latents.size, step):
+        lat = torch.as_tensor(s.absorbing_latents[start : start + step], device=dev)
+        best = torch.as_tensor(s.latent_best_feature[lat.cpu().numpy()], device=dev)
+        rows = torch.as_tensor([position[int(f)] for f in best.tolist()], device=dev)
+        cos = blocks.dec_t.T.index_select(0, lat) @ truths.T  # [k, scored features]
+        own = truths.index_select(0, rows) @ truths.T
+        own[torch.arange(rows.numel(), device=dev), rows] = -math.inf
+        counted = cos > own.clamp_min(s.threshold - FLAG_MARGIN) + FLAG_MARGIN
+        absorbing.extend(lat[counted.sum(dim=1) >= 2].tolist())
+    return s._replace(
+        split_features=np.asarray(split, dtype=np.int64),
+        absorbing_latents=np.asarray(absorbing, dtype=np.int64),
+    )
 
 
 def score_dictionary(

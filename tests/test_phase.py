@@ -17,15 +17,13 @@ from toymodels.config import ToyConfig
 from toymodels.data import FeatureDistribution
 from toymodels.models import TiedToyModel, weighted_loss
 from toymodels.phase import (
+    classify_extra_feature,
     closed_form_losses,
     closed_form_winner,
-    classify_extra_feature,
     far_from_boundary,
     phase_grid,
     run_phase_diagram,
 )
-
-SQ = 2**-0.5
 
 
 def tied(W: list, b: list | None = None) -> TiedToyModel:
@@ -139,8 +137,7 @@ def tiny_phase_config(**train: object) -> ToyConfig:
                 "importance_sweep": [[1.0, 0.1], [1.0, 1.0], [1.0, 10.0]],
             },
             "optim": {"lr": 0.01},
-            "train": {"steps": 600, "restarts": 4, "eval_samples": 16384, "log_every": 100}
-            | train,
+            "train": {"steps": 600, "restarts": 4, "eval_samples": 16384, "log_every": 100} | train,
             "runtime": {"threads": 1, "progress_bar": False},
             "wandb": {"enabled": False},
         },

@@ -83,8 +83,8 @@ def analyse_instance(
     rounded = w._replace(L=pm.c * torch.sign(w.L), R=pm.c * torch.sign(w.R))
     round_loss, round_acc, _ = _loss_acc(rounded, a, b, y, loss, layernorm)
 
-    unmix_a = find_unmixing(w.E_a[0], keys, config.hadamard_min_purity, bilinear_reads(w, "a"))
-    unmix_b = find_unmixing(w.E_b[0], keys, config.hadamard_min_purity, bilinear_reads(w, "b"))
+    unmix_a = find_unmixing(w.E_a[0], keys, bilinear_reads(w, "a"))
+    unmix_b = find_unmixing(w.E_b[0], keys, bilinear_reads(w, "b"))
     unmixed = apply_unmixing(w, unmix_a.Q, unmix_b.Q)
     # The function check runs in float32, the precision the model trains and is saved in.
     f32 = BilinearWeights(*(t.float() for t in w))

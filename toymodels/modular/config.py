@@ -99,9 +99,6 @@ class ModularAnalysisConfig(Config):
     """An entry of L or R counts as ±c when ||w| − c| <= pm_tolerance · c."""
     zero_tolerance: float = 0.1
     """An entry of L or R counts as zero when |w| <= zero_tolerance · max|w| of its matrix."""
-    hadamard_min_purity: float = 0.9
-    """Use the Hadamard unmixing when its mean column purity reaches this; else the best
-    orthogonal unmixing."""
 
     def validate(self) -> None:
         if self.key_frequencies < 0:

@@ -50,7 +50,8 @@ def pure_frequencies(w: BilinearWeights, config: ModularConfig) -> PureFrequenci
     for side, E, index, offset in (("a", w.E_a[0], a, 0), ("b", w.E_b[0], b, d)):
         fit = fit_directions(E, keys)
         means.append(fit.mean)
-        explained.append(fit.explained)
+        variance = float((E.double() - fit.mean).square().sum())
+        explained.append((fit.explained * variance, variance))
         for i, name in enumerate(fit.names):
             g = fit.directions[i]
             norm = g.norm().clamp_min(1e-30)
@@ -67,7 +68,7 @@ def pure_frequencies(w: BilinearWeights, config: ModularConfig) -> PureFrequenci
         torch.stack(codes, dim=1),
         keys,
         torch.cat(means),
-        sum(explained) / 2,
+        sum(e for e, _ in explained) / max(sum(v for _, v in explained), 1e-30),
     )
 
 
@@ -84,9 +85,8 @@ def code_l1(w: BilinearWeights, config: ModularConfig) -> dict[str, float]:
     pure = pure_frequencies(w, config)
     x = pair_inputs(w, config.model.p).double()
     centred = x - x.mean(dim=0)
-    an = config.analysis
-    Qa = find_unmixing(w.E_a[0], pure.keys, an.hadamard_min_purity, bilinear_reads(w, "a")).Q
-    Qb = find_unmixing(w.E_b[0], pure.keys, an.hadamard_min_purity, bilinear_reads(w, "b")).Q
+    Qa = find_unmixing(w.E_a[0], pure.keys, bilinear_reads(w, "a")).Q
+    Qb = find_unmixing(w.E_b[0], pure.keys, bilinear_reads(w, "b")).Q
     unmixed = centred @ torch.block_diag(Qa, Qb)
     return {
         "pure_basis": float(pure.codes.sum(1).mean()),
@@ -101,8 +101,8 @@ def unmixing_dictionary(w: BilinearWeights, config: ModularConfig) -> Tensor:
     power = torch.cat([fourier_power(w.E_a[0]), fourier_power(w.E_b[0])], dim=1)
     an = config.analysis
     keys = key_frequencies(power, an.key_frequencies, an.key_power_share, cap=config.model.d)
-    Qa = find_unmixing(w.E_a[0], keys, an.hadamard_min_purity, bilinear_reads(w, "a")).Q
-    Qb = find_unmixing(w.E_b[0], keys, an.hadamard_min_purity, bilinear_reads(w, "b")).Q
+    Qa = find_unmixing(w.E_a[0], keys, bilinear_reads(w, "a")).Q
+    Qb = find_unmixing(w.E_b[0], keys, bilinear_reads(w, "b")).Q
     columns = torch.block_diag(Qa, Qb).T
     return torch.cat([columns, -columns])
 

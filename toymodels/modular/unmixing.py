@@ -2,9 +2,10 @@
 applied to both embeddings and, inversely, to the bilinear weights, so the network's function
 does not change: with x' = Qᵀx, L x = (L Q) x'.
 
-Candidates, in order: the normalised Sylvester Hadamard matrix H/√d conjugated by a signed
-permutation (S H Sᵀ/√d, symmetric and orthogonal, so Q² = I), when d is a power of two; then an
-involutory reflection nearest the frequency-plane basis; then that orthogonal basis itself.
+Candidates: the identity (already pure), the normalised Sylvester Hadamard matrix H/√d
+conjugated by a signed permutation (S H Sᵀ/√d, symmetric and orthogonal, so Q² = I) when d is a
+power of two, and the involutory reflections nearest the frequency-plane basis; the purest wins.
+Only when the plane basis itself (orthogonal, not involutory) is clearly purer is it used.
 """
 
 from __future__ import annotations
@@ -83,36 +84,33 @@ def purity_of(E: Tensor, keys: list[int]) -> Tensor:
     return column_purity(fourier_power(E.double()), keys)
 
 
-def find_unmixing(
-    E: Tensor,
-    keys: list[int],
-    hadamard_min_purity: float = 0.9,
-    reads: Tensor | None = None,
-) -> Unmixing:
-    """The unmixing of one embedding E [p, d] (see the module docstring). ``reads``: the
-    columns of L and R that read this embedding ([rows, d]); among candidates of equal purity
-    (to 1e-3) the one that leaves them sparsest (smallest L1 norm) wins: E alone cannot tell a
-    frequency's phases apart, the bilinear weights can."""
+def find_unmixing(E: Tensor, keys: list[int], reads: Tensor | None = None) -> Unmixing:
+    """The unmixing of one embedding E [p, d] (see the module docstring): the involutory
+    candidate (the identity, S H Sᵀ/√d, or a reflection nearest the frequency-plane basis) with
+    the purest columns, unless the plane basis itself is purer by more than 0.01. ``reads``:
+    the columns of L and R that read this embedding ([rows, d]); among candidates of equal
+    purity (to 1e-3) the one that leaves them sparsest (smallest L1 norm) wins: E alone cannot
+    tell a frequency's phases apart, the bilinear weights can."""
     E = E.double()
     d = E.shape[1]
     perms = signed_permutations(d)
 
-    def rank(Q: Tensor) -> tuple[float, float]:
+    def rank(candidate: tuple[Tensor, str]) -> tuple[float, float]:
+        Q = candidate[0]
         purity = round(float(purity_of(E @ Q, keys).mean()), 3)
         return purity, -float((reads.double() @ Q).abs().sum()) if reads is not None else 0.0
 
+    candidates = [(torch.eye(d, dtype=torch.float64), "identity")]
     if d & (d - 1) == 0:
         H = sylvester_hadamard(d)
-        best = max((S @ H @ S.T for S in perms), key=rank)
-        purity = purity_of(E @ best, keys)
-        if float(purity.mean()) >= hadamard_min_purity:
-            return Unmixing(best, "hadamard", purity)
+        candidates += [(S @ H @ S.T, "hadamard") for S in perms]
     O = plane_basis(E, keys)
-    reflection = max((nearest_involution(O @ S) for S in perms), key=rank)
-    p_ref, p_orth = purity_of(E @ reflection, keys), purity_of(E @ O, keys)
-    if float(p_ref.mean()) >= float(p_orth.mean()) - 0.01:
-        return Unmixing(reflection, "reflection", p_ref)
-    return Unmixing(O, "orthogonal", p_orth)
+    candidates += [(nearest_involution(O @ S), "reflection") for S in perms]
+    Q, method = max(candidates, key=rank)
+    purity, p_orth = purity_of(E @ Q, keys), purity_of(E @ O, keys)
+    if float(p_orth.mean()) > float(purity.mean()) + 0.01:
+        return Unmixing(O, "orthogonal", p_orth)
+    return Unmixing(Q, method, purity)
 
 
 def bilinear_reads(w: BilinearWeights, side: str) -> Tensor:
