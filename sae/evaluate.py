@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sae.code_correlation import CodeCorrelation
 from sae.metrics import (
     ReconstructionStats,
     block_rows,
@@ -105,6 +106,8 @@ def evaluate_sae(
         )
     )
     stats = ReconstructionStats(dictionary.all.latent_best_feature, represented)
+    # Activation-level score of each matched latent (where the data has the true codes).
+    code_corr = CodeCorrelation(dictionary.all.matching.feature_to_latent)
     # The ceiling: the explained variance of the true codes times the true directions on the
     # same rows (1 where activations are exactly that linear mix, below 1 for relu_hidden/abs).
     ceiling = ReconstructionStats()
@@ -119,10 +122,17 @@ def evaluate_sae(
             stats.update(xb, out.x_hat[0], out.codes[0], true)
             if true is not None:
                 ceiling.update(xb, true.float() @ truth, true)
+                code_corr.update(out.codes[0], true.float())
     stats_scalars, arrays = stats.results()
     scalars = dictionary.to_dict() | stats_scalars
     if ceiling.n_samples:
         scalars["explained_variance_ceiling"] = ceiling.results()[0]["explained_variance"]
+    if code_corr.n:
+        arrays["activation_corr"] = code_corr.per_feature()
+        scalars["all/activation_corr"] = code_corr.mean()
+        if represented is not None:
+            mask = np.asarray(represented.detach().cpu(), dtype=bool)
+            scalars["represented/activation_corr"] = code_corr.mean(mask)
     n_features = ground_truth.shape[0]
     names = feature_names or [str(i) for i in range(n_features)]
     return {
@@ -140,6 +150,7 @@ def _feature_rows(
     s = dictionary.all
     latent_rate = arrays["latent_firing_rate"]
     feature_rate = arrays.get("feature_firing_rate")
+    code_corr = arrays.get("activation_corr")
     split = set(s.split_features.tolist())
     rep = None if represented is None else np.asarray(represented.detach().cpu(), dtype=bool)
     rows = []
@@ -152,6 +163,11 @@ def _feature_rows(
                 "best_latent": best,
                 "best_cos": _json_number(float(s.feature_best_cos[i])),
                 "matched_latent": int(s.matching.feature_to_latent[i]),
+                "matched_cos": _json_number(float(s.matching.matched_abs_cos[i])),
+                # from float32 codes: 6 decimals are what the rows of any batching agree on
+                "activation_corr": _json_number(round(float(code_corr[i]), 6))
+                if code_corr is not None
+                else None,
                 "feature_firing_rate": _json_number(float(feature_rate[i]))
                 if feature_rate is not None
                 else None,

@@ -42,3 +42,38 @@ def test_an_unmatched_feature_scores_nan() -> None:
     assert np.isnan(got[0]) and got[1] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="3 features"):
         corr.update(torch.rand(5, 1), torch.rand(5, 3))
+
+
+def test_eval_reports_the_correlation_next_to_the_decoder_cosine() -> None:
+    """An SAE whose latents are exactly the true codes (orthogonal features, identity weights)
+    scores 1 on both; swapping two latents' encoders keeps the decoder cosines of the
+    untouched features and drops the correlations of the swapped ones to ~0."""
+    from sae.evaluate import evaluate_sae
+    from sae.model import SparseAutoencoder
+
+    g = torch.Generator().manual_seed(1)
+    n = 6
+    true = torch.rand(4000, n, generator=g) * (torch.rand(4000, n, generator=g) < 0.3)
+    directions = torch.eye(n)
+    sae = SparseAutoencoder(1, n, n, "constrained", seeds=[0])
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(n)[None])
+        sae.W_dec.copy_(torch.eye(n)[None])
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    result = evaluate_sae(sae, directions, [(true @ directions, true)])
+    assert result["scalars"]["all/activation_corr"] == pytest.approx(1.0, abs=1e-9)
+    rows = result["features"]
+    assert all(r["matched_cos"] == pytest.approx(1.0) for r in rows)
+    assert all(r["activation_corr"] == pytest.approx(1.0, abs=1e-9) for r in rows)
+    with torch.no_grad():  # latent 0 reads feature 1's coordinate and latent 1 feature 0's
+        sae.W_enc[0, :, :2] = torch.eye(n)[:, [1, 0]]
+    result = evaluate_sae(sae, directions, [(true @ directions, true)])
+    corr = [r["activation_corr"] for r in result["features"]]
+    assert abs(corr[0]) < 0.1 and abs(corr[1]) < 0.1
+    assert corr[2:] == pytest.approx([1.0] * (n - 2), abs=1e-9)
+    assert [r["matched_cos"] for r in result["features"]] == pytest.approx([1.0] * n)
+    # no true codes: no activation-level score
+    result = evaluate_sae(sae, directions, [(true @ directions, None)])
+    assert "all/activation_corr" not in result["scalars"]
+    assert result["features"][0]["activation_corr"] is None
