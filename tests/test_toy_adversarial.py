@@ -53,8 +53,17 @@ def test_superposition_doubles_the_damage_at_zero_input() -> None:
     assert dedicated.attacked_loss.item() == pytest.approx(lam**2 / 2)
     assert antipodal.attacked_loss.item() == pytest.approx(lam**2)
     assert dedicated.attacked_feature.item() == 0 == antipodal.attacked_feature.item()
-    assert dedicated.vulnerability.item() == pytest.approx(0.5)
-    assert antipodal.vulnerability.item() == pytest.approx(1.0)
+    # A unit attack moves the pre-activations by ‖G G_i‖ / ‖G_i‖: 1 without superposition,
+    # 2 = features per dimension for the antipodal pair.
+    assert dedicated.amplification.item() == pytest.approx(1.0)
+    assert antipodal.amplification.item() == pytest.approx(2.0)
+
+
+def test_amplification_of_a_pentagon_is_features_per_dimension() -> None:
+    angles = torch.arange(5) * (2 * math.pi / 5)
+    W = torch.stack([angles.cos(), angles.sin()], dim=-1)[None]
+    result = adversarial_vulnerability(tied(W.tolist()), torch.ones(1, 5), torch.rand(64, 1, 5))
+    assert result.amplification.item() == pytest.approx(5 / 2, rel=1e-5)
 
 
 def test_attack_on_random_inputs_matches_a_direct_computation() -> None:
@@ -69,7 +78,8 @@ def test_attack_on_random_inputs_matches_a_direct_computation() -> None:
     # numpy, one instance and one attack at a time
     Wn, bn, xn, In = W.numpy(), model.b.detach().numpy(), x.numpy(), importance.numpy()
     for k in range(3):
-        lam = 0.1 * np.linalg.norm(xn[:, k], axis=1).mean()
+        norms = np.linalg.norm(xn[:, k], axis=1)
+        lam = 0.1 * norms[norms > 0].mean()  # over the inputs that are not all-zero
         gram = Wn[k] @ Wn[k].T
 
         def loss(inp: np.ndarray, k: int = k, gram: np.ndarray = gram) -> float:
@@ -82,8 +92,10 @@ def test_attack_on_random_inputs_matches_a_direct_computation() -> None:
         assert result.clean_loss[k].item() == pytest.approx(clean, rel=1e-4)
         assert result.attacked_loss[k].item() == pytest.approx(max(attacked), rel=1e-4)
         assert result.attacked_feature[k].item() == int(np.argmax(attacked))
-        gain = (max(attacked) - clean) / lam**2
-        assert result.vulnerability[k].item() == pytest.approx(gain, rel=1e-3)
+        assert result.vulnerability[k].item() == pytest.approx(max(attacked) / clean - 1, rel=1e-3)
+        g2 = gram @ gram
+        amp = max(np.linalg.norm(g2[i]) / np.linalg.norm(gram[i]) for i in range(5))
+        assert result.amplification[k].item() == pytest.approx(amp, rel=1e-4)
 
 
 def test_abs_model_is_refused() -> None:
@@ -129,5 +141,5 @@ def test_dynamics_snapshots_of_a_short_run(tmp_path: Path) -> None:
     assert (tmp_path / "plots" / "dynamics.png").is_file()
     for r in records:
         adv = r["adversarial"]
-        assert adv["vulnerability"] > 0 and adv["attack_norm"] > 0
+        assert adv["vulnerability"] > 0 and adv["attack_norm"] > 0 and adv["amplification"] > 0.5
         assert adv["attacked_loss"] > adv["clean_loss"]

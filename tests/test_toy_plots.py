@@ -101,6 +101,7 @@ def test_grid_plots(tmp_path: Path, m: int, zero: bool) -> None:
             np.geomspace(1, 0.01, k),
             rng.uniform(0.5, 3, k),
             rng.uniform(0, 1, k),
+            rng.uniform(1, 3, k),
             tmp_path / "adv.png",
         ),
         plots.plot_dynamics(

@@ -4,11 +4,17 @@ For a tied model the end-to-end map is WᵀW (``W Wᵀ`` in this package's layou
 i's direction). The optimal L2 attack on feature i's output is along row i of that Gram matrix:
 δ_i = λ (WᵀW)_i / ‖(WᵀW)_i‖. Of the n attacks, the one that raises the loss most is the attack
 (the paper: "taking the one of these attacks which most harms model performance"), with λ =
-0.1 × the mean input norm. In a model without superposition (WᵀW)_i is e_i and the attack only
-moves feature i's own output; with superposition its interference terms let it move others.
+0.1 × the mean input norm. The mean is over inputs with at least one active feature: at high
+sparsity almost every input is all-zero, and counting those would shrink λ below the model's
+(negative) biases, which then mask every attack. The target stays the clean input.
 
-``vulnerability`` = (attacked loss − clean loss) / λ²: the loss added per squared attack norm,
-so instances with different input norms (sparsity) compare. The target stays the clean input.
+Two numbers per instance:
+
+- ``vulnerability`` = attacked loss / clean loss − 1, the relative harm of the worst attack;
+- ``amplification`` = max_i ‖(WᵀW)(WᵀW)_i‖ / ‖(WᵀW)_i‖: how far a unit attack along
+  (WᵀW)_i moves the pre-activation outputs. Without superposition (WᵀW = a projection onto
+  orthogonal features) it is 1; for a tight frame of n features in m dimensions it is n/m, the
+  features per dimension 1/D* that the paper finds vulnerability tracking.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ class Vulnerability(NamedTuple):
     attacked_feature: Tensor
     """[instances] which feature's attack that was."""
     vulnerability: Tensor
-    """[instances] (attacked − clean) / λ²."""
+    """[instances] attacked / clean − 1 (inf when the clean loss is 0)."""
+    amplification: Tensor
+    """[instances] max_i ‖(WᵀW)(WᵀW)_i‖ / ‖(WᵀW)_i‖."""
 
 
 def analytic_attacks(W: Tensor, attack_norm: Tensor) -> Tensor:
@@ -53,11 +61,14 @@ def adversarial_vulnerability(
     attack_norm: Tensor | None = None,
 ) -> Vulnerability:
     """Attack every instance of a tied ``model`` on inputs ``x`` [batch, instances, n].
-    ``attack_norm`` [instances]: λ (default ``ATTACK_FRACTION`` × the mean ‖x‖)."""
+    ``attack_norm`` [instances]: λ (default ``ATTACK_FRACTION`` × the mean ‖x‖ over the inputs
+    that are not all-zero)."""
     if model.kind == "abs":
         raise ValueError("the analytic attack is defined for tied models (WᵀW), not abs")
     if attack_norm is None:
-        attack_norm = ATTACK_FRACTION * x.norm(dim=-1).mean(dim=0)
+        norms = x.norm(dim=-1)
+        active = (norms > 0).sum(dim=0).clamp_min(1)
+        attack_norm = ATTACK_FRACTION * norms.sum(dim=0) / active
     attack_norm = attack_norm.to(x.dtype)
     target = model.target(x)
     clean = weighted_loss(model(x).output, target, importance)
@@ -69,5 +80,7 @@ def adversarial_vulnerability(
         ]
     )  # [n_attacks, instances]
     worst, feature = attacked.max(dim=0)
-    gain = (worst - clean) / attack_norm.square().clamp_min(1e-24)
-    return Vulnerability(attack_norm, clean, worst, feature, gain)
+    W = model.feature_weights.detach()
+    gram = W @ W.transpose(-1, -2)
+    moved = (gram @ gram).norm(dim=-1) / gram.norm(dim=-1).clamp_min(1e-12)
+    return Vulnerability(attack_norm, clean, worst, feature, worst / clean - 1, moved.amax(-1))

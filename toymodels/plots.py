@@ -408,23 +408,36 @@ def plot_adversarial(
     feature_probability: np.ndarray,
     features_per_dimension: np.ndarray,
     vulnerability: np.ndarray,
+    amplification: np.ndarray,
     path: str | os.PathLike,
     title: str = "",
 ) -> Path:
-    """Vulnerability to the analytic attack against 1/(1 − S) and against 1/D* (features per
-    dimension, ‖W‖_F² / m), one dot per instance."""
+    """The analytic attack per instance against 1/(1 − S) and against 1/D* (features per
+    dimension, ‖W‖_F² / m): the relative harm of the worst attack (red, left axis) and how far a
+    unit attack moves the outputs (blue, right axis; the grey diagonal is y = 1/D*)."""
     p = np.asarray(feature_probability, dtype=float)
     fpd = np.asarray(features_per_dimension, dtype=float)
     v = np.asarray(vulnerability, dtype=float)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9.0, 3.8), layout="constrained", sharey=True)
-    order = np.argsort(p)[::-1]
-    a.plot(1.0 / p[order], v[order], "o-", color="tab:red")
-    a.set(xscale="log", xlabel="1 / (1 − S)", ylabel="vulnerability (Δloss / λ²)")
-    b.scatter(fpd, v, color="tab:red")
-    b.set(xlabel=r"features per dimension $1/D^* = \|W\|_F^2 / m$")
-    for ax in (a, b):
+    amp = np.asarray(amplification, dtype=float)
+    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.9), layout="constrained")
+    for ax, x, label, log in (
+        (axes[0], 1.0 / p, "1 / (1 − S)", True),
+        (axes[1], fpd, r"features per dimension $1/D^* = \|W\|_F^2 / m$", False),
+    ):
+        order = np.argsort(x)
+        ax.plot(x[order], v[order], "o-", color="tab:red")
+        ax.set_xlabel(label)
+        ax.set_ylabel("vulnerability: attacked / clean loss − 1", color="tab:red")
+        if log:
+            ax.set_xscale("log")
+        twin = ax.twinx()
+        twin.plot(x[order], amp[order], "s--", color="tab:blue", markersize=4)
+        twin.set_ylabel("amplification of a unit attack", color="tab:blue")
+        if not log:
+            lim = [min(1.0, float(np.nanmin(fpd, initial=1.0))), float(np.nanmax(fpd, initial=1.0))]
+            twin.plot(lim, lim, color="0.7", linewidth=0.8, zorder=0)
         ax.grid(alpha=0.3)
-    return _finish(fig, path, title or "analytic L2 attack, λ = 0.1 × mean ‖x‖")
+    return _finish(fig, path, title or "analytic L2 attack, λ = 0.1 × mean ‖x‖ (active inputs)")
 
 
 def plot_dynamics(

@@ -106,6 +106,7 @@ def _finish(
         if attack is not None:
             record["adversarial"] = {
                 "vulnerability": float(attack.vulnerability[k]),
+                "amplification": float(attack.amplification[k]),
                 "attack_norm": float(attack.attack_norm[k]),
                 "clean_loss": float(attack.clean_loss[k]),
                 "attacked_loss": float(attack.attacked_loss[k]),
@@ -187,6 +188,7 @@ def _plot(
             [r["feature_probability"] for r in records],
             [r["frobenius_norm_sq"] / config.model.n_hidden for r in records],
             [r["adversarial"]["vulnerability"] for r in records],
+            [r["adversarial"]["amplification"] for r in records],
             folder / "adversarial.png",
         )
     if snapshots is not None:
