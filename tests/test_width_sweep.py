@@ -140,12 +140,12 @@ def test_width_config_in_one_place() -> None:
 def test_a_width_in_two_places_is_one_line_naming_the_set(capsys) -> None:
     from cli_runs import sae_cli
 
-    argv = ["train", "--config", "configs/sae/default.yaml", "--set", "sweep.d_sae=[16,32]"]
+    argv = ["train", "--config", "configs/sae/default.yaml", "--set", "sweep.d_sae=[16,32,64]"]
     code, out, err = sae_cli(argv + ["--print-config"], capsys)
     assert code == 2 and out == ""
     assert err.strip().splitlines() == [
-        "error: --set sweep.d_sae=[16,32]: sae.d_sae (64) and sweep.d_sae ([16, 32]) both set "
-        "the width: give it in one place (--set sae.d_sae=null for a width sweep)"
+        "error: --set sweep.d_sae=[16,32,64]: sae.d_sae (64) and sweep.d_sae ([16, 32, 64]) both "
+        "set the width: give it in one place (--set sae.d_sae=null for a width sweep)"
     ]
     code, out, _ = sae_cli(argv + ["--set", "sae.d_sae=null", "--print-config"], capsys)
-    assert code == 0 and "- 16\n  - 32" in out
+    assert code == 0 and "- 16\n  - 32\n  - 64" in out
