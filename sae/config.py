@@ -32,6 +32,10 @@ class SAEConfig(Config):
     """Scale inputs so that E‖x‖ = √d_in during training; folded back into the saved weights."""
     decoder_init_norm: float = 0.1
     """Decoder row norm at init under april2024 (constrained always uses 1)."""
+    init: Literal["random", "data"] = "random"
+    """Decoder directions at init: random unit vectors, or training inputs minus b_dec,
+    normalised (rows drawn from each instance's own seed); the encoder starts as the decoder's
+    transpose either way."""
 
     def validate(self) -> None:
         if self.d_sae is not None and self.d_sae < 1:

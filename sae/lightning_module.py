@@ -20,6 +20,7 @@ from sae.run.instance_names import instance_labels
 from sae.run.metrics_log import log_scalars
 from sae.run.schedules import lr_lambda, warmup_factor
 from sae.run.seeding import (
+    data_init_seed,
     draw_rank_batch,
     rank_blocks,
     resample_directions_seed,
@@ -101,7 +102,25 @@ class SAEModule(StepEngine):
             self.sae.b_dec.copy_(x.mean(0).expand_as(self.sae.b_dec))
         elif c.sae.b_dec_init == "geometric_median":
             self.sae.b_dec.copy_(geometric_median(x).expand_as(self.sae.b_dec))
+        if c.sae.init == "data":
+            self.init_decoder_from_data()
         self.initialized.fill_(True)
+
+    @torch.no_grad()
+    def init_decoder_from_data(self) -> None:
+        """Each instance's decoder rows (and encoder columns) start as training inputs minus
+        b_dec, normalised to the recipe's init norm: as many rows as the instance's width, drawn
+        from its own seed (so a sweep member starts as it would alone)."""
+        sae, c = self.sae, self.config
+        norm = sae.rules.decoder_init_norm(c.sae.decoder_init_norm)
+        for k, (seed, width) in enumerate(zip(c.sweep.expanded()[2], sae.widths)):
+            x = self.source.sample(width, data_init_seed(seed), self.device)
+            rows = x.to(sae.W_enc.dtype) * self.input_scale - sae.b_dec[k]
+            rows = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12) * norm
+            n = rows.shape[0]  # fewer than the width only for a file of fewer training rows
+            sae.W_enc[k, :, :n] = rows.T
+            if sae.W_dec is not None:
+                sae.W_dec[k, :n] = rows
 
     def on_fit_start(self) -> None:
         if not bool(self.initialized):

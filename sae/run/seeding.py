@@ -61,6 +61,8 @@ RESAMPLE_INPUTS = 77
 """Block slot of the seed of the candidate inputs scored at a resample step."""
 RESAMPLE_DIRECTIONS = 99
 """Block slot of an SAE instance's generator at a resample step (from the instance's seed)."""
+DATA_INIT = 0xD1C7
+"""Block slot of the training rows an SAE instance's decoder starts from (``sae.init: data``)."""
 TOY_EVAL_OFFSET = 1_000_003
 """Added to ``train.seed`` for the toy model's final-evaluation stream (never used in training)."""
 TOY_DYNAMICS_OFFSET = 2_000_003
@@ -90,6 +92,10 @@ def resample_inputs_seed(data_seed: int, step: int) -> int:
 
 def resample_directions_seed(instance_seed: int, step: int) -> int:
     return shard_seed(instance_seed, step, RESAMPLE_DIRECTIONS)
+
+
+def data_init_seed(instance_seed: int) -> int:
+    return shard_seed(instance_seed, 0, DATA_INIT)
 
 
 def modular_init_seed(seed: int) -> int:
