@@ -51,6 +51,24 @@ def modular(run: RunOptions) -> None:
     click.echo(f"wrote {out}")
 
 
+@toy.command("modular-purity")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--instance", type=int, default=0, show_default=True, help="Which instance.")
+@click.option(
+    "--sae",
+    "sae_run",
+    type=click.Path(path_type=Path),
+    help="An SAE run trained on this instance's export: score each SAE's latents too.",
+)
+def modular_purity(run_dir: Path, instance: int, sae_run: Path | None) -> None:
+    """Per-latent frequency purity on a modular-addition run: the unmixing's dictionary and,
+    with --sae, every SAE of an SAE run; and the L1 norm of the inputs' codes per basis."""
+    from toymodels.modular.analysis import report_purity
+
+    for line in report_purity(run_dir, instance, sae_run):
+        click.echo(line)
+
+
 @toy.command("phase-diagram")
 @run_options()
 def phase_diagram(run: RunOptions) -> None:

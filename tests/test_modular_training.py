@@ -128,6 +128,9 @@ def test_cli_modular_then_export(tmp_path: Path, capsys: pytest.CaptureFixture[s
     code, out, err = sae_cli(["toy", "export", tmp_path / "r", "--out", acts], capsys)
     assert code == 0, err
     assert ActivationFile(acts).n_rows == 13 * 13
+    code, out, err = sae_cli(["toy", "modular-purity", tmp_path / "r", "--instance", 1], capsys)
+    assert code == 0, err
+    assert "L1 of codes per pair: pure_basis" in out and "unmixing: latent purity mean" in out
     code, _, err = sae_cli(
         ["toy", "export", tmp_path / "r", "--instance", 5, "--out", acts], capsys
     )

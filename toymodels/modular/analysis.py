@@ -127,3 +127,52 @@ def analyse_instance(
         "unmix_Q_b": unmix_b.Q.tolist(),
     }
     return record, UnmixedInstance(unmixed, unmix_a, unmix_b)
+
+
+def report_purity(run_dir: Any, instance: int, sae_run: Any = None) -> list[str]:
+    """Lines for ``sae toy modular-purity``: the L1 norm per pair of x's codes in the pure,
+    learned and unmixed bases; the unmixing dictionary's and each SAE's per-latent frequency
+    purity (mean, and share of latents above 0.9) and MCC against the pure directions."""
+    from sae.metrics import score_dictionary  # cli-level wiring: sae is imported lazily
+    from sae.run.errors import UsageError
+    from sae.run.layout import RunDir
+    from toymodels.modular.export import (
+        code_l1,
+        latent_frequency_purity,
+        pure_frequencies,
+        unmixing_dictionary,
+    )
+    from toymodels.modular.io import load_modular
+
+    loaded = load_modular(run_dir)
+    n = loaded.config.n_instances
+    if not 0 <= instance < n:
+        raise UsageError(f"instance {instance} out of range: {run_dir} has instances 0..{n - 1}")
+    w = loaded.weights.select(instance)
+    truth = pure_frequencies(w, loaded.config)
+    l1 = code_l1(w, loaded.config)
+    lines = [
+        f"key frequencies {truth.keys}; Fourier fit explains {truth.explained:.4f} of x",
+        "L1 of codes per pair: " + ", ".join(f"{name} {value:.4f}" for name, value in l1.items()),
+    ]
+    dictionaries = [("unmixing", unmixing_dictionary(w, loaded.config))]
+    if sae_run is not None:
+        from sae.io import load_sae
+
+        k = 0
+        while RunDir(sae_run).sae(k).weights.exists():
+            dictionaries.append((f"sae_{k}", load_sae(RunDir(sae_run).sae(k).root).W_dec.detach()))
+            k += 1
+        if k == 0:
+            raise UsageError(f"{sae_run}: no sae_<k>/ folders")
+    for name, decoder in dictionaries:
+        if decoder.shape[1] != truth.directions.shape[1]:
+            raise UsageError(f"{name}: d_in {decoder.shape[1]} does not match x (2d)")
+        purity = latent_frequency_purity(decoder, w, truth.keys)
+        scores = score_dictionary(truth.directions.float(), decoder.float())
+        lines.append(
+            f"{name}: latent purity mean {float(purity.mean()):.4f}, "
+            f">0.9 {float((purity > 0.9).double().mean()):.3f}; mcc {scores['all/mcc']:.4f}, "
+            f"recovered@0.99 {scores['all/recovered_0.99']:.3f}"
+        )
+    return lines
