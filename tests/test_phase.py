@@ -177,3 +177,18 @@ def test_trained_two_in_one_matches_the_closed_form_far_from_boundaries(tmp_path
                 assert record["trained"][i][j] == record["closed_form"][i][j], (i, j, record)
     assert record["agreement_far_from_boundary"] == 1.0
     assert (tmp_path / "plots" / "phase_diagram.png").stat().st_size > 10_000
+
+
+def test_cli_refuses_a_config_that_is_not_a_phase_diagram(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cli_runs import sae_cli
+
+    argv = ["toy", "phase-diagram", "--config", "configs/toy/intro.yaml", "--out", str(tmp_path)]
+    code, out, err = sae_cli(argv, capsys)
+    assert code == 2 and out == ""
+    assert err.strip().splitlines() == [
+        "error: a phase diagram needs model.n_features=2, n_hidden=1 (2-in-1) or n_features=3, "
+        "n_hidden=2 (3-in-2); got n_features=5, n_hidden=2"
+    ]
+    assert not (tmp_path / "model.safetensors").exists()
