@@ -139,14 +139,24 @@ def run_phase_diagram(
     """Train every (r, density) point best-of-k in one batched run (``train_toy``), label the
     extra feature, and write ``phase.json`` and ``plots/phase_diagram.png``. Returns the
     record on rank 0, None elsewhere."""
-    from toymodels.io import load_toy_model
     from toymodels.train import train_toy
 
-    r, density = phase_grid(config)
-    out_dir = Path(out_dir)
+    phase_grid(config)
     metrics = train_toy(config, out_dir, resume=resume)
     if metrics is None:
         return None
+    return write_phase_diagram(out_dir, config, metrics)
+
+
+def write_phase_diagram(
+    out_dir: str | Path, config: ToyConfig, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """Label the trained run in ``out_dir`` (its model.safetensors and ``metrics``) and write
+    ``phase.json`` and ``plots/phase_diagram.png``; returns the record."""
+    from toymodels.io import load_toy_model
+
+    r, density = phase_grid(config)
+    out_dir = Path(out_dir)
     loaded = load_toy_model(out_dir)
     labels = classify_extra_feature(loaded.model)
     n = config.model.n_features
