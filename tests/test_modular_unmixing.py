@@ -94,3 +94,11 @@ def test_apply_unmixing_keeps_float32_logits_of_random_weights() -> None:
     Q = sylvester_hadamard(4).float()
     a, b, _ = all_pairs(17)
     assert (logits(apply_unmixing(w, Q, Q), a, b) - logits(w, a, b)).abs().max() < 1e-4
+
+
+def test_direction_spread_of_pure_and_hadamard_mixed_embeddings() -> None:
+    from toymodels.modular.analysis import direction_spread
+
+    E = sparse_solution(113, [14, 35]).E_a[0]
+    assert direction_spread(E, [14, 35]) == pytest.approx(1.0)
+    assert direction_spread(E @ sylvester_hadamard(4), [14, 35]) == pytest.approx(4.0)

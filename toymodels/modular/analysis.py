@@ -11,6 +11,7 @@ from torch import Tensor
 from toymodels.modular.config import ModularAnalysisConfig
 from toymodels.modular.fourier import (
     column_purity,
+    fit_directions,
     fourier_power,
     key_frequencies,
     key_power_share,
@@ -44,6 +45,17 @@ def zero_fraction(w: Tensor, tolerance: float = 0.1) -> float:
     """Share of entries with |w| <= tolerance · max|w| (1 instance's matrix)."""
     mags = w.abs()
     return float((mags <= tolerance * mags.max()).double().mean())
+
+
+def direction_spread(E: Tensor, keys: list[int]) -> float:
+    """Mean participation ratio (Σ g_j²)² / Σ g_j⁴ of the pure frequency directions g (cos and
+    sin of each key frequency, fitted in embedding space) over the d columns: 1 when each sits
+    in one column, d when spread evenly over all (a Hadamard mix). Unlike column purity it also
+    sees one frequency's cos and sin spread over many columns."""
+    g = fit_directions(E, keys).directions
+    sq = g.square()
+    ratio = sq.sum(1).square() / sq.square().sum(1).clamp_min(1e-30)
+    return float(ratio.mean())
 
 
 class UnmixedInstance(NamedTuple):
@@ -102,6 +114,12 @@ def analyse_instance(
         "power_per_frequency": power.sum(1).tolist(),
         "column_purity": purity.tolist(),
         "mean_column_purity": float(purity.mean()),
+        "direction_spread": (direction_spread(w.E_a[0], keys) + direction_spread(w.E_b[0], keys))
+        / 2,
+        "unmixed_direction_spread": (
+            direction_spread(unmixed.E_a[0], keys) + direction_spread(unmixed.E_b[0], keys)
+        )
+        / 2,
         "c": pm.c,
         "bilinear_pm_fraction": pm.fraction,
         "rounded_loss": round_loss,
