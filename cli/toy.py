@@ -70,15 +70,20 @@ def modular_purity(run_dir: Path, instance: int, sae_run: Path | None) -> None:
 
 
 @toy.command("phase-diagram")
-@run_options()
+@run_options(example="train.restarts=10")
 def phase_diagram(run: RunOptions) -> None:
     """Train a phase-diagram grid (2-in-1 or 3-in-2) best-of-k in one run; write phase.json and
     plots/phase_diagram.png beside the usual toy-run files."""
+    from cli.common import prepare_out_dir
+    from cli.config_view import flush
     from toymodels.config import ToyConfig
     from toymodels.phase import phase_grid, run_phase_diagram
 
-    config, out, resuming = run.resolve(ToyConfig, needs_checkpoint=True)
-    phase_grid(config)  # refuse a config that is not a phase diagram before training
+    config, out, resuming = run.resolve(ToyConfig, prepare=False, needs_checkpoint=True)
+    phase_grid(config)  # a config that is not a phase diagram fails before the folder is touched
+    if not resuming:
+        prepare_out_dir(out, run.overwrite)
+    flush()
     record = run_phase_diagram(config, out, resume=resuming)
     if record is not None:
         far = record["agreement_far_from_boundary"]

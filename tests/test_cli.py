@@ -26,11 +26,13 @@ REPO = Path(__file__).resolve().parents[1]
 # The run commands and the config each resolves.
 RUN_COMMANDS = {
     ("toy", "train"): ToyConfig,
+    ("toy", "phase-diagram"): ToyConfig,
     ("train",): SAERunConfig,
     ("run",): PipelineConfig,
 }
 SHIPPED = {
     ("toy", "train"): "configs/toy/intro.yaml",
+    ("toy", "phase-diagram"): "configs/toy/phase_2in1.yaml",
     ("train",): "configs/sae/default.yaml",
     ("run",): "configs/quickstart.yaml",
 }

@@ -184,11 +184,12 @@ def test_cli_refuses_a_config_that_is_not_a_phase_diagram(
 ) -> None:
     from cli_runs import sae_cli
 
-    argv = ["toy", "phase-diagram", "--config", "configs/toy/intro.yaml", "--out", str(tmp_path)]
+    out_dir = tmp_path / "out"
+    argv = ["toy", "phase-diagram", "--config", "configs/toy/intro.yaml", "--out", str(out_dir)]
     code, out, err = sae_cli(argv, capsys)
     assert code == 2 and out == ""
     assert err.strip().splitlines() == [
         "error: a phase diagram needs model.n_features=2, n_hidden=1 (2-in-1) or n_features=3, "
         "n_hidden=2 (3-in-2); got n_features=5, n_hidden=2"
     ]
-    assert not (tmp_path / "model.safetensors").exists()
+    assert not out_dir.exists()  # refused before the output folder is made

@@ -153,6 +153,9 @@ TRAIN = "train --config {sae_cfg} --out {out}"
 TOY_TRAIN = "toy train --config {toy_cfg} --out {out}"
 CASES: dict[str, Case] = {
     # config: unknown keys, wrong types, values out of range, missing or unreadable files
+    "toy-phase-diagram-not-a-grid": Case(
+        "toy phase-diagram --config {toy_cfg} --out {out}", 2, ("phase diagram", "n_features")
+    ),
     "toy-unknown-key": Case(
         TOY_TRAIN + " --set model.n_featurs=3", 2, ("'model.n_featurs'", "'model.n_features'")
     ),
