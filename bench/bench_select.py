@@ -27,13 +27,25 @@ from synthetic import planted_features  # noqa: E402
 
 from sae.activations import write_activation_file  # noqa: E402
 
+DATA_SEED = 1000
+"""Seeds the data sets' features. Never a seed the SAEs use: an SAE of seed s draws its initial
+decoder rows from torch.Generator().manual_seed(s), which for s = the data seed would start on
+the true directions (planted_features draws them first from its seed)."""
+
 
 def zipf_correlated(
-    n_features: int, d: int, n_rows: int, seed: int, p_max: float = 0.2, alpha: float = 1.0
+    n_features: int,
+    d: int,
+    n_rows: int,
+    seed: int,
+    p_max: float = 0.2,
+    alpha: float = 1.0,
+    row_seed: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """SAELens-style synthetic data: feature i fires with probability p_max / (i+1)^alpha
     (Zipf), firing correlated through a Gaussian copula (random correlation matrix of rank 8),
-    magnitudes U[0, 1] × (1 + |N(0, 0.5)|) clipped, directions random unit vectors in d dims."""
+    magnitudes U[0, 1], directions random unit vectors in d dims. ``seed`` fixes the features;
+    ``row_seed`` (default: the same generator) the rows, so chunks of one data set can differ."""
     g = torch.Generator().manual_seed(seed)
     p = p_max / torch.arange(1, n_features + 1).float() ** alpha
     factors = torch.randn(n_features, 8, generator=g) * 0.4
@@ -41,10 +53,11 @@ def zipf_correlated(
     std = cov.diag().sqrt()
     corr = cov / std[:, None] / std[None, :]
     chol = torch.linalg.cholesky(corr)
-    z = torch.randn(n_rows, n_features, generator=g) @ chol.T
+    rg = g if row_seed is None else torch.Generator().manual_seed(row_seed)
+    z = torch.randn(n_rows, n_features, generator=rg) @ chol.T
     threshold = torch.distributions.Normal(0.0, 1.0).icdf(1 - p)
     active = z > threshold
-    mags = torch.rand(n_rows, n_features, generator=g)
+    mags = torch.rand(n_rows, n_features, generator=rg)
     codes = mags * active
     directions = torch.randn(n_features, d, generator=g)
     directions /= directions.norm(dim=-1, keepdim=True)
@@ -54,7 +67,7 @@ def zipf_correlated(
 def write_dataset(kind: str, path: Path, rows: int) -> dict:
     if kind.startswith("planted"):
         p = float(kind.split("_p")[1])
-        pl = planted_features(n_features=32, d=16, n_rows=rows, p=p, seed=0)
+        pl = planted_features(n_features=32, d=16, n_rows=rows, p=p, seed=DATA_SEED)
         write_activation_file(
             path,
             pl.activations,
@@ -66,7 +79,7 @@ def write_dataset(kind: str, path: Path, rows: int) -> dict:
         )
         return {"n_features": 32, "d": 16}
     if kind == "zipf_correlated":
-        x, directions, codes, prob = zipf_correlated(48, 24, rows, seed=0)
+        x, directions, codes, prob = zipf_correlated(48, 24, rows, seed=DATA_SEED)
         write_activation_file(
             path,
             x,
@@ -193,10 +206,13 @@ def main() -> None:
             }
         methods["auto"]["resolved"] = rec["method"]
         meta["auto"] = rec["method"]
+        meta["width_estimates"] = rec["signals"]["widths"]
         results[kind] = {"meta": meta, "methods": methods}
         print(kind, json.dumps({m: v and v["regret"] for m, v in methods.items()}), flush=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(markdown(results, args))
+    print()
+    print(width_table(results, args))
 
 
 def _methods() -> list[str]:
@@ -226,6 +242,29 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
         mean = f"{sum(regrets) / len(regrets):.3f}" if len(regrets) == len(kinds) else "n/a"
         lines.append(f"| `{method}` | " + " | ".join(cells) + f" | {mean} |")
     lines.insert(2, best_row + " | |")
+    return "\n".join(lines)
+
+
+def width_table(results: dict, args: argparse.Namespace) -> str:
+    """Sharkey et al.'s feature-count estimates (methods 1 and 2) against the true count: the
+    most common estimate over the run's width chains (one per λ and seed)."""
+    from collections import Counter
+
+    lines = [
+        "| data set | true features | widths tried | dead-latent onset | loss elbow |",
+        "|---|---|---|---|---|",
+    ]
+    for kind, r in results.items():
+        meta = r["meta"]
+        n = meta["n_features"]
+        est = meta.get("width_estimates", {})
+        cells = []
+        for key in ("dead_onset_width", "loss_elbow_width"):
+            counts = Counter(est.get(key, {}).values())
+            total = sum(counts.values())
+            cells.append(", ".join(f"{w} ({c}/{total})" for w, c in counts.most_common()) or "-")
+        widths = f"{n // 2}, {n}, {2 * n}"
+        lines.append(f"| {kind} | {n} | {widths} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 

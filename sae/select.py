@@ -27,8 +27,8 @@ width.
 
 A method is a width rule and a λ rule: the width rule keeps, in each width chain, the instances
 at the width it estimates; the λ rule then takes the best score among those. ``auto`` is the
-rule measured best (``bench/bench_select.py``, BENCHMARKS.md): seed agreement where the run has
-several seeds of a setting, else the λ plateau of L0.
+rule measured best (``bench/bench_select.py``, BENCHMARKS.md): the explained-variance knee over
+λ (needs three λ values), else seed agreement, else the λ plateau of the dictionary.
 """
 
 from __future__ import annotations
@@ -326,19 +326,19 @@ def choose(method: str, signals: list[InstanceSignals]) -> int | None:
 
 
 def resolve_auto(signals: list[InstanceSignals]) -> str:
-    """What ``auto`` runs on this run: the rule measured best that the run can feed
-    (bench/bench_select.py): seed agreement with several seeds, else the L0 plateau over λ,
-    with the width from the dead-latent onset when the run sweeps widths."""
-    widths = len({s.d_sae for s in signals}) > 1
-    for lam in AUTO_ORDER:
-        method = f"dead_onset+{lam}" if widths else lam
+    """What ``auto`` runs on this run: the first of ``AUTO_ORDER`` the run can feed."""
+    for method in AUTO_ORDER:
         if choose(method, signals) is not None:
             return method
     return "loss"
 
 
-AUTO_ORDER = ("seed_mmcs", "l0_plateau", "lambda_mmcs", "loss")
-"""``auto``'s λ rules, first available wins (measured: BENCHMARKS.md, 'Choosing an SAE')."""
+AUTO_ORDER = ("ev_knee", "seed_mmcs", "lambda_mmcs", "loss")
+"""``auto``'s rules, the first the run can feed wins. Measured (``bench/bench_select.py``,
+BENCHMARKS.md 'Choosing an SAE without ground truth'): the explained-variance knee over λ had the
+lowest MCC regret on every data set; no width rule comes first because MCC does not penalise
+surplus latents, so the width rules (which do find the true feature count) cost regret by
+choosing the narrower dictionary."""
 
 
 def select(

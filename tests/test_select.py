@@ -62,20 +62,21 @@ def test_width_rules_pick_the_width_where_the_dictionary_stops_growing() -> None
     assert choose("larger_mmcs+lambda_mmcs", s) == 1
     assert choose("lambda_mmcs", s) == 2  # without a width rule: the best λ score anywhere
     assert choose("seed_mmcs", s) is None  # one seed: the rule cannot run
-    assert resolve_auto(s) == "dead_onset+l0_plateau" or choose(resolve_auto(s), s) is not None
+    assert resolve_auto(s) == "lambda_mmcs"  # one λ chain of < 3 values, one seed
 
 
-def test_auto_prefers_seed_agreement_when_the_run_has_seeds() -> None:
-    s = _signals(
-        [
-            dict(seed=0, l1_coefficient=0.1, seed_mmcs=0.7, l0_slope=0.1),
-            dict(seed=1, l1_coefficient=0.1, seed_mmcs=0.7, l0_slope=0.1),
-            dict(seed=0, l1_coefficient=1.0, seed_mmcs=0.95, l0_slope=0.9),
-            dict(seed=1, l1_coefficient=1.0, seed_mmcs=0.95, l0_slope=0.9),
-        ]
-    )
+def test_auto_takes_the_ev_knee_then_seed_agreement() -> None:
+    rows = [
+        dict(seed=0, l1_coefficient=0.1, seed_mmcs=0.7, l0_slope=0.1),
+        dict(seed=1, l1_coefficient=0.1, seed_mmcs=0.7, l0_slope=0.1),
+        dict(seed=0, l1_coefficient=1.0, seed_mmcs=0.95, l0_slope=0.9),
+        dict(seed=1, l1_coefficient=1.0, seed_mmcs=0.95, l0_slope=0.9),
+    ]
+    s = _signals(rows)  # two λ values: no knee
     assert resolve_auto(s) == "seed_mmcs" and choose("seed_mmcs", s) == 2
     assert choose("l0_plateau", s) == 0
+    s = _signals([r | {"ev_knee": 0.1 * k} for k, r in enumerate(rows)])
+    assert resolve_auto(s) == "ev_knee" and choose("ev_knee", s) == 3
 
 
 LAMBDAS = [0.003, 0.3, 30.0]
@@ -113,7 +114,7 @@ def test_select_picks_the_planted_answer_and_reports_regret(planted_run, capsys)
     record = json.loads((run / "selection.json").read_text())
     picked = record["signals"]["instances"][record["instance"]]
     assert picked["l1_coefficient"] == 0.3, out
-    assert record["method"] == "seed_mmcs"  # auto: the run has two seeds of each λ
+    assert record["method"] == "ev_knee"  # auto: the run has three λ values
     gt = record["ground_truth"]
     assert gt["regret"] == pytest.approx(gt["best"] - gt["chosen"])
     # measured: chosen 0.914, best 0.915 (the other seed of λ = 0.3)
