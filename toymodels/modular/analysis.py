@@ -17,7 +17,13 @@ from toymodels.modular.fourier import (
     key_power_share,
 )
 from toymodels.modular.model import BilinearWeights, accuracy, logits, per_instance_loss
-from toymodels.modular.unmixing import Unmixing, apply_unmixing, bilinear_reads, find_unmixing
+from toymodels.modular.unmixing import (
+    Unmixing,
+    apply_unmixing,
+    bilinear_reads,
+    find_unmixing,
+    weighted_purity,
+)
 
 
 class PlusMinus(NamedTuple):
@@ -106,6 +112,10 @@ def analyse_instance(
     power_u = torch.cat([fourier_power(unmixed.E_a[0]), fourier_power(unmixed.E_b[0])], dim=1)
     eye = torch.eye(d, dtype=torch.float64)
     z = config.zero_tolerance
+
+    def _weighted(v: BilinearWeights) -> float:
+        return (weighted_purity(v.E_a[0], keys) + weighted_purity(v.E_b[0], keys)) / 2
+
     record = {
         "loss": base_loss,
         "accuracy": base_acc,
@@ -134,6 +144,8 @@ def analyse_instance(
         "max_abs_logit": float(out32.abs().max()),
         "unmixed_column_purity": column_purity(power_u, keys).tolist(),
         "mean_unmixed_column_purity": float(column_purity(power_u, keys).mean()),
+        "weighted_column_purity": _weighted(w),
+        "unmixed_weighted_column_purity": _weighted(unmixed),
         "L_zero_fraction": zero_fraction(w.L, z),
         "R_zero_fraction": zero_fraction(w.R, z),
         "unmixed_L_zero_fraction": zero_fraction(unmixed.L, z),

@@ -84,20 +84,30 @@ def purity_of(E: Tensor, keys: list[int]) -> Tensor:
     return column_purity(fourier_power(E.double()), keys)
 
 
+def weighted_purity(E: Tensor, keys: list[int]) -> float:
+    """Column purity averaged with each column's power as its weight: what the search
+    maximises, so that a column holding only the fit's small residual (an embedding with fewer
+    frequency directions than columns) does not outweigh the columns that carry the signal."""
+    power = fourier_power(E.double())
+    col = power.sum(0)
+    return float((column_purity(power, keys) * col).sum() / col.sum().clamp_min(1e-30))
+
+
 def find_unmixing(E: Tensor, keys: list[int], reads: Tensor | None = None) -> Unmixing:
     """The unmixing of one embedding E [p, d] (see the module docstring): the involutory
     candidate (the identity, S H Sᵀ/√d, or a reflection nearest the frequency-plane basis) with
-    the purest columns, unless the plane basis itself is purer by more than 0.01. ``reads``:
-    the columns of L and R that read this embedding ([rows, d]); among candidates of equal
-    purity (to 1e-3) the one that leaves them sparsest (smallest L1 norm) wins: E alone cannot
-    tell a frequency's phases apart, the bilinear weights can."""
+    the purest columns (power-weighted, ``weighted_purity``), unless the plane basis itself is
+    purer by more than 0.01. ``reads``: the columns of L and R that read this embedding
+    ([rows, d]); among candidates of equal purity (to 1e-3) the one that leaves them sparsest
+    (smallest L1 norm) wins: E alone cannot tell a frequency's phases apart, the bilinear
+    weights can."""
     E = E.double()
     d = E.shape[1]
     perms = signed_permutations(d)
 
     def rank(candidate: tuple[Tensor, str]) -> tuple[float, float]:
         Q = candidate[0]
-        purity = round(float(purity_of(E @ Q, keys).mean()), 3)
+        purity = round(weighted_purity(E @ Q, keys), 3)
         return purity, -float((reads.double() @ Q).abs().sum()) if reads is not None else 0.0
 
     candidates = [(torch.eye(d, dtype=torch.float64), "identity")]
@@ -107,10 +117,9 @@ def find_unmixing(E: Tensor, keys: list[int], reads: Tensor | None = None) -> Un
     O = plane_basis(E, keys)
     candidates += [(nearest_involution(O @ S), "reflection") for S in perms]
     Q, method = max(candidates, key=rank)
-    purity, p_orth = purity_of(E @ Q, keys), purity_of(E @ O, keys)
-    if float(p_orth.mean()) > float(purity.mean()) + 0.01:
-        return Unmixing(O, "orthogonal", p_orth)
-    return Unmixing(Q, method, purity)
+    if weighted_purity(E @ O, keys) > weighted_purity(E @ Q, keys) + 0.01:
+        return Unmixing(O, "orthogonal", purity_of(E @ O, keys))
+    return Unmixing(Q, method, purity_of(E @ Q, keys))
 
 
 def bilinear_reads(w: BilinearWeights, side: str) -> Tensor:
