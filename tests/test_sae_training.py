@@ -17,16 +17,20 @@ from sae.run.metrics_log import read_metrics
 from sae.train import train_saes
 
 # Measured (2000 steps, batch 256, lr 3e-3, constrained, 128 latents, b_dec 0): the worst
-# feature's best cosine per λ: 0.03 -> 0.831, 0.1 -> 0.985, 0.3 -> 0.997, 1.0 -> 0.997,
-# 3.0 -> 0.956 (most latents switched off). The true L0 is 64 * 0.05 = 3.2.
+# feature's best cosine per λ: 0.03 -> 0.539, 0.1 -> 0.939, 0.3 -> 0.9925, 1.0 -> 0.775,
+# 3.0 -> 0.362 (most latents switched off). The true L0 is 64 * 0.05 = 3.2. (Before the data
+# seed moved off 0, the seed-0 SAE started on the true directions: 1.0 -> 0.997, 3.0 -> 0.956.)
 SWEEP = [0.03, 0.1, 0.3, 1.0, 3.0]
+PLANTED_SEED = 100
+"""Not an SAE seed: planted_features draws its directions first from its seed, as an SAE of the
+same seed draws its initial decoder rows, so with seed 0 for both the SAE starts on the answer."""
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory) -> tuple[Path, torch.Tensor]:
     """64 unit features in 32 dims, each on with p = 0.05 at a U[0, 1] magnitude, 65,536 rows."""
     path = tmp_path_factory.mktemp("planted") / "planted.safetensors"
-    p = write_planted_file(path, n_features=64, d=32, n_rows=65_536, p=0.05, seed=0)
+    p = write_planted_file(path, n_features=64, d=32, n_rows=65_536, p=0.05, seed=PLANTED_SEED)
     return path, p.features
 
 
@@ -63,9 +67,9 @@ def test_planted_features_recovered_by_a_lambda_sweep(planted, tmp_path) -> None
     print({lam: round(w, 4) for lam, w in worst.items()})
     best = max(worst, key=worst.get)
     assert worst[best] > 0.99, worst  # every one of the 64 features, cos > 0.99
-    assert worst[0.3] > 0.99 and worst[1.0] > 0.99, worst
+    assert worst[0.3] > 0.99, worst
     # The sweep discriminates: too small a λ leaves features smeared over many latents.
-    assert worst[0.03] < 0.95, worst
+    assert worst[0.03] < 0.95 and worst[3.0] < 0.95, worst
 
 
 @pytest.mark.slow
