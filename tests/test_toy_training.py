@@ -7,7 +7,8 @@ of feature 4; it escapes by 10k steps), the dense linear model likewise at 3000 
 instances sometimes land in a slightly worse local minimum. Best-of-3 restarts at 5000 steps
 (ReLU) and 5000 steps (linear) gave every claim below on seeds 0, 1 and 2, at about the cost of
 one 10k-step run. Represented features seen on those seeds for 1-S = 1, .3, .1, .03, .01, .003,
-.001: 5/8/10/10/12/13/13, 5/8/9/11/12/13/14, 5/7/9/11/11/13/12.
+.001: 5/8/10/10/12/13/13, 5/8/9/11/12/13/14, 5/7/9/11/11/13/12 (counted as ‖W_i‖ > 0.5, before
+the functional "represented" rule and common-random-number restarts; seed 0 now: 5/8/9/10/12/12/12).
 """
 
 from __future__ import annotations
@@ -107,7 +108,7 @@ def test_dense_relu_learns_the_top_features_orthogonally(relu: Sweep) -> None:
 def test_superposition_grows_with_sparsity(relu: Sweep) -> None:
     counts = [relu.records[p]["n_represented"] for p in relu.probability]
     frob = [relu.records[p]["frobenius_norm_sq"] for p in relu.probability]
-    # The count in the metrics is the norm > 0.5 rule of the diagnostics.
+    # The count in the metrics is the per-feature "represented" list (the shared rule).
     assert counts == [len(relu.represented(p)) for p in relu.probability]
     by_p = dict(zip(relu.probability, counts))
     assert by_p[1.0] == 5
@@ -118,7 +119,10 @@ def test_superposition_grows_with_sparsity(relu: Sweep) -> None:
     # sparsities at most a dip of one (separate local minima of separate instances).
     assert by_p[1.0] < by_p[0.3] < by_p[0.1] < by_p[0.01], counts
     assert all(b >= a - 1 for a, b in zip(counts, counts[1:])), counts
-    assert max(counts[-3:]) >= 13, counts
+    # 12, not 13 as under the old ‖W_i‖ > 0.5 count: at 5000 steps the sparsest instances hold
+    # half-grown features (‖W_i‖ ≈ 0.57, moving their output by only 0.27), which the shared
+    # functional rule does not call represented (seed 0: 5/8/9/10/12/12/12).
+    assert max(counts[-3:]) >= 12, counts
     # ‖W‖_F² (≈ the number of features learned) grows the same way; D* = m / ‖W‖_F² falls.
     assert frob[-1] > frob[2] + 3 > frob[0] + 5, frob
     dstar = [relu.records[p]["dims_per_feature"] for p in relu.probability]
@@ -228,7 +232,8 @@ def test_uniform_features_form_a_pentagon(tmp_path: Path) -> None:
 
 
 def config_files() -> list[Path]:
-    return sorted(CONFIGS.glob("*.yaml"))
+    """The toy-model configs (``modular_*.yaml`` configure ``sae toy modular``, another model)."""
+    return sorted(p for p in CONFIGS.glob("*.yaml") if not p.name.startswith("modular_"))
 
 
 def test_the_paper_setups_are_shipped() -> None:
