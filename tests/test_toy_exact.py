@@ -432,3 +432,65 @@ def test_tied_model_forward_matches_paper_equations() -> None:
         hk = x[:, k] @ W.T
         torch.testing.assert_close(h[:, k], hk)
         torch.testing.assert_close(out[:, k], torch.relu(x[:, k] @ (W.T @ W) + model.b[k]))
+
+
+# -- per-instance settings -------------------------------------------------------------------
+
+
+def test_importance_and_density_sweeps_cross_with_probability() -> None:
+    from sae.run.config_io import from_dict
+    from toymodels.config import ToyConfig
+
+    config = from_dict(
+        ToyConfig,
+        {
+            "model": {"n_features": 2, "n_hidden": 1},
+            "data": {
+                "feature_probability": [1.0, 0.1],
+                "importance_sweep": [[1.0, 0.5], [1.0, 4.0]],
+                "relative_density_sweep": [[1.0, 1.0], [1.0, 0.5]],
+                "repeats": 2,
+            },
+        },
+    )
+    assert config.n_instances == 16
+    settings = config.instance_settings()
+    # Order: probability, importance vector, density vector, repeat.
+    assert [
+        (s.feature_probability, s.importance[1], s.relative_density[1], s.repeat)
+        for s in settings[:5]
+    ] == [
+        (1.0, 0.5, 1.0, 0),
+        (1.0, 0.5, 1.0, 1),
+        (1.0, 0.5, 0.5, 0),
+        (1.0, 0.5, 0.5, 1),
+        (1.0, 4.0, 1.0, 0),
+    ]
+    dist = FeatureDistribution.from_config(config.data, 2, repeats_each=3)  # 3 restarts each
+    assert dist.probability.shape == (48, 2)
+    # Setting 11 = (0.1, importance [1, 0.5], density [1, 0.5], repeat 1); its restarts follow.
+    assert settings[11][:4] == (0.1, [1.0, 0.5], [1.0, 0.5], 1)
+    k = 3 * 11
+    torch.testing.assert_close(dist.probability[k : k + 3], torch.tensor([[0.1, 0.05]] * 3))
+    torch.testing.assert_close(dist.importance[k : k + 3], torch.tensor([[1.0, 0.5]] * 3))
+    assert settings[15][:4] == (0.1, [1.0, 4.0], [1.0, 0.5], 1)
+    torch.testing.assert_close(dist.importance[3 * 15], torch.tensor([1.0, 4.0]))
+
+
+def test_configs_without_sweeps_mean_what_they_meant() -> None:
+    data = ToyDataConfig(feature_probability=[0.5, 0.2], importance_decay=0.5, repeats=2)
+    dist = FeatureDistribution.from_config(data, 3)
+    torch.testing.assert_close(dist.probability[:, 0], torch.tensor([0.5, 0.5, 0.2, 0.2]))
+    torch.testing.assert_close(dist.importance, torch.tensor([[1.0, 0.5, 0.25]] * 4))
+
+
+def test_a_sweep_vector_of_the_wrong_length_is_refused() -> None:
+    from sae.run.config_io import from_dict
+    from sae.run.errors import UsageError
+    from toymodels.config import ToyConfig
+
+    model = {"n_features": 3, "n_hidden": 2}
+    with pytest.raises((UsageError, ValueError), match=r"importance_sweep\[1\] needs 3 values"):
+        from_dict(ToyConfig, {"model": model, "data": {"importance_sweep": [[1, 1, 1], [1, 2]]}})
+    with pytest.raises((UsageError, ValueError), match="relative_density_sweep values must be > 0"):
+        from_dict(ToyConfig, {"model": model, "data": {"relative_density_sweep": [[1, 0, 1]]}})
