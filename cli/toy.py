@@ -45,8 +45,11 @@ def modular(run: RunOptions) -> None:
     for r in metrics["instances"]:
         click.echo(
             f"seed {r['seed']}: loss={r['loss']:.4f} accuracy={r['accuracy']:.4f} "
-            f"key_frequencies={r['key_frequencies']} purity={r['mean_column_purity']:.3f} "
-            f"-> unmixed {r['mean_unmixed_column_purity']:.3f} ({'/'.join(r['unmix_method'])})"
+            f"key_frequencies={r['key_frequencies']} "
+            f"weighted purity={r['weighted_column_purity']:.3f} "
+            f"-> unmixed {r['unmixed_weighted_column_purity']:.3f} "
+            f"({'/'.join(r['unmix_method'])}); L zeros {r['L_zero_fraction']:.2f} "
+            f"-> {r['unmixed_L_zero_fraction']:.2f}"
         )
     click.echo(f"wrote {out}")
 

@@ -40,7 +40,7 @@ def plot_spectrum(
                 ax.set_ylabel("share of power")
             if row == 1:
                 ax.set_xlabel("frequency k")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     return _finish(fig, path, f"{title}: E_a spectrum (key frequencies {keys} in red)")
 
 
@@ -56,12 +56,13 @@ def plot_bilinear(
         ("R unmixed", unmixed.R[0]),
     ]
     vmax = max(float(m.abs().max()) for _, m in mats) or 1.0
-    fig, axes = plt.subplots(1, 4, figsize=(12, 3.4))
-    for ax, (name, m) in zip(axes, mats):
+    fig, axes = plt.subplots(1, 4, figsize=(13, 3.6))
+    for i, (ax, (name, m)) in enumerate(zip(axes, mats)):
         im = ax.imshow(m.double().numpy(), cmap="RdBu_r", vmin=-vmax, vmax=vmax)
         ax.set_title(name, fontsize=10)
         ax.set_xlabel("input (a | b)")
-        ax.set_ylabel("hidden unit")
+        if i == 0:
+            ax.set_ylabel("hidden unit")
         half = m.shape[1] / 2 - 0.5
         ax.axvline(half, color="k", lw=0.6)
     fig.colorbar(im, ax=axes, shrink=0.8)
