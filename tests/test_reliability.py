@@ -272,6 +272,7 @@ CASES: dict[str, Case] = {
     ),
     "eval-no-run": Case("eval {out}", 2, ("{out}", "run.json")),
     "configs-extra-argument": Case("configs {t}", 2, ("{t}",)),
+    "select-no-run": Case("select {t}", 2, ("{t}", "no finished SAEs to select from")),
     # scoring on a device this machine lacks
     **(
         {}
