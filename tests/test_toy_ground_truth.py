@@ -170,3 +170,24 @@ def test_restarts_are_scored_on_common_random_numbers() -> None:
     assert not torch.equal(losses[:, 0], losses[:, 2])
     # The settings themselves still see their own inputs (different densities).
     assert losses[0, 0] != losses[1, 0]
+
+
+def test_report_shows_the_ceiling_beside_explained_variance(tmp_path: Path) -> None:
+    from sae.report import write_report
+
+    scalars = {"represented/recovered_0.99": 1.0, "represented/mcc": 0.99}
+    results = {
+        "sae_0": {
+            "scalars": scalars | {"explained_variance": 0.913, "explained_variance_ceiling": 0.871},
+            "cfg": {"l1_coefficient": 0.3},
+            "plots": {},
+        }
+    }
+    text = write_report(tmp_path / "report.md", "t", [], results)
+    header = next(line for line in text.splitlines() if line.startswith("| SAE"))
+    row = next(line for line in text.splitlines() if line.startswith("| `sae_0`"))
+    columns = [c.strip() for c in header.split("|")]
+    values = [c.strip() for c in row.split("|")]
+    assert columns.index("EV ceiling") == columns.index("explained var.") + 1
+    assert values[columns.index("explained var.")] == "0.913"
+    assert values[columns.index("EV ceiling")] == "0.871"
