@@ -21,18 +21,21 @@ from cli.pipeline import PipelineConfig
 from sae.config import SAERunConfig
 from sae.run.config_io import config_to_dict, load_config
 from toymodels.config import ToyConfig
+from toymodels.modular.config import ModularConfig
 
 REPO = Path(__file__).resolve().parents[1]
 # The run commands and the config each resolves.
 RUN_COMMANDS = {
     ("toy", "train"): ToyConfig,
     ("toy", "phase-diagram"): ToyConfig,
+    ("toy", "modular"): ModularConfig,
     ("train",): SAERunConfig,
     ("run",): PipelineConfig,
 }
 SHIPPED = {
     ("toy", "train"): "configs/toy/intro.yaml",
     ("toy", "phase-diagram"): "configs/toy/phase_2in1.yaml",
+    ("toy", "modular"): "configs/toy/modular_addition.yaml",
     ("train",): "configs/sae/default.yaml",
     ("run",): "configs/quickstart.yaml",
 }

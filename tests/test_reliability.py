@@ -153,6 +153,12 @@ TRAIN = "train --config {sae_cfg} --out {out}"
 TOY_TRAIN = "toy train --config {toy_cfg} --out {out}"
 CASES: dict[str, Case] = {
     # config: unknown keys, wrong types, values out of range, missing or unreadable files
+    "toy-modular-fraction-zero": Case(
+        "toy modular --out {out} --set train.train_fraction=0", 2, ("train.train_fraction",)
+    ),
+    "toy-modular-purity-no-run": Case(
+        "toy modular-purity {t}/nothing", 2, ("{t}/nothing", "no trained model")
+    ),
     "toy-phase-diagram-not-a-grid": Case(
         "toy phase-diagram --config {toy_cfg} --out {out}", 2, ("phase diagram", "n_features")
     ),
