@@ -183,3 +183,19 @@ def test_train_fraction_splits_the_pairs() -> None:
     assert module.a.numel() == round(0.3 * 121)
     again = ModularModule(from_dict(ModularConfig, data))
     assert torch.equal(module.a, again.a) and torch.equal(module.b, again.b)
+
+
+@pytest.mark.slow
+def test_resumed_run_equals_an_uninterrupted_one(tmp_path: Path) -> None:
+    data: dict[str, Any] = {
+        **QUIET,
+        "model": {"p": 7, "d": 2, "m": 4},
+        "train": {"steps": 40, "seeds": [0, 1], "log_every": 10, "checkpoint_every": 10},
+    }
+    whole = train_modular(from_dict(ModularConfig, data), tmp_path / "whole", plots=False)
+    half = {**data, "train": {**data["train"], "steps": 20}}
+    train_modular(from_dict(ModularConfig, half), tmp_path / "part", plots=False)
+    resumed = train_modular(from_dict(ModularConfig, data), tmp_path / "part", resume=True)
+    a, b = load_modular(tmp_path / "whole").weights, load_modular(tmp_path / "part").weights
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert [r["loss"] for r in resumed["instances"]] == [r["loss"] for r in whole["instances"]]
