@@ -49,7 +49,60 @@ VARIANTS: dict[str, dict] = {
         "sae": {"recipe": "april2024"},
         "train": {"l1_warmup_steps": 50},
     },
+    "april2024, data init": {
+        "sae": {"recipe": "april2024", "init": "data"},
+        "train": {"l1_warmup_steps": 50},
+    },
+    "april2024, data init, batch 256, cosine": {
+        "sae": {"recipe": "april2024", "init": "data"},
+        "train": {"l1_warmup_steps": 200, "batch_size": 256, "lr_schedule": "cosine"},
+    },
+    "april2024, lr 1e-2, cosine": {
+        "sae": {"recipe": "april2024"},
+        "lr": 1e-2,
+        "train": {"l1_warmup_steps": 50, "lr_schedule": "cosine"},
+    },
+    "lr 1e-2, cosine": {"lr": 1e-2, "train": {"lr_schedule": "cosine"}},
+    "april2024, lr 1e-2, constant": {
+        "sae": {"recipe": "april2024"},
+        "lr": 1e-2,
+        "train": {"l1_warmup_steps": 50},
+    },
+    "april2024, lr 3e-3, cosine": {
+        "sae": {"recipe": "april2024"},
+        "lr": 3e-3,
+        "train": {"l1_warmup_steps": 50, "lr_schedule": "cosine"},
+    },
+    "april2024, data init, lr 1e-2, cosine": {
+        "sae": {"recipe": "april2024", "init": "data"},
+        "lr": 1e-2,
+        "train": {"l1_warmup_steps": 50, "lr_schedule": "cosine"},
+    },
+    "april2024, batch 256, lr 3e-3, cosine": {
+        "sae": {"recipe": "april2024"},
+        "lr": 3e-3,
+        "train": {"l1_warmup_steps": 200, "batch_size": 256, "lr_schedule": "cosine"},
+    },
+    "april2024, data init, lr 3e-3, cosine": {
+        "sae": {"recipe": "april2024", "init": "data"},
+        "lr": 3e-3,
+        "train": {"l1_warmup_steps": 50, "lr_schedule": "cosine"},
+    },
 }
+
+
+PLOTTED = (
+    "lambda_sweep.yaml recipe",
+    "data init",
+    "lr 1e-2, cosine",
+    "april2024 recipe (SAELens default)",
+    "april2024, lr 3e-3, cosine",
+    "april2024, data init, lr 1e-2, cosine",
+    "april2024, batch 256, lr 3e-3, cosine",
+    "april2024, lr 1e-2, cosine",
+    "april2024, lr 1e-2, constant",
+)
+"""The variants the figure shows (the others are in the table)."""
 
 
 def write_data(path: Path, rows: int, n_features: int, d: int) -> None:
@@ -108,13 +161,52 @@ def run_variant(name: str, variant: dict, data: Path, out: Path, args) -> dict:
     return {"steps": steps, "seconds": seconds, "mcc": dict(zip(map(str, args.l1), mcc))}
 
 
+def plot(results_files: list[Path], out: Path) -> None:
+    """MCC against λ for every variant found in ``results_files`` (their λ grids merged)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sae.run.files import save_figure
+
+    curves: dict[str, dict[float, float]] = {}
+    for path in results_files:
+        for name, r in json.loads(Path(path).read_text()).items():
+            curves.setdefault(name, {}).update({float(k): v for k, v in r["mcc"].items()})
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    shown = [n for n in PLOTTED if n in curves]
+    colors = plt.get_cmap("tab10").colors
+    for i, name in enumerate(sorted(shown, key=lambda n: -max(curves[n].values()))):
+        points = curves[name]
+        lams = sorted(points)
+        ax.plot(lams, [points[v] for v in lams], marker="o", label=name, color=colors[i % 10])
+    ax.axhline(0.95, color="grey", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("λ")
+    ax.set_ylabel("MCC after one pass over 1M rows")
+    ax.set_title("One pass, 512 Zipf-firing correlated features in 128 dims")
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    save_figure(fig, out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/one_pass"))
     ap.add_argument("--rows", type=int, default=1_100_000, help="rows written (10%% held out)")
     ap.add_argument("--l1", nargs="+", type=float, default=[0.05, 0.1, 0.2])
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS))
+    ap.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="Only draw MCC against λ from --results files into this PNG.",
+    )
+    ap.add_argument("--results", nargs="*", type=Path, default=[])
     args = ap.parse_args()
+    if args.plot is not None:
+        plot(args.results, args.plot)
+        return
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
     data = args.out / "zipf512.safetensors"
