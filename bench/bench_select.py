@@ -7,7 +7,7 @@ style data (Zipf firing probabilities, correlated firing through a Gaussian copu
 directions in fewer dimensions), and a toy model of superposition trained and exported through
 the CLI (``sae toy train``, ``sae toy export``).
 
-    python bench/bench_select.py --out /tmp/bench_select        # ~10 min on 1 core
+    python bench/bench_select.py --out /tmp/bench_select        # ~6 min on 1 core
 """
 
 from __future__ import annotations
@@ -90,7 +90,10 @@ def write_dataset(kind: str, path: Path, rows: int) -> dict:
             info={"source": "bench_select zipf_correlated"},
         )
         return {"n_features": 48, "d": 24}
-    if kind == "toy_relu_output":
+    if kind.startswith("toy_"):
+        # toy_<model kind>[_p<feature probability>]: 12 features in 6 dims, trained and
+        # exported through the CLI
+        model, _, prob = kind.removeprefix("toy_").partition("_p")
         toy = path.parent / "toy"
         sae = [sys.executable, "-m", "cli.main"]
         common = ["--set", "runtime.threads=1", "--set", "wandb.enabled=false"]
@@ -98,8 +101,8 @@ def write_dataset(kind: str, path: Path, rows: int) -> dict:
         subprocess.run(
             sae
             + ["toy", "train", "--out", str(toy), "--overwrite", *common]
-            + ["--set", "model.kind=relu_output", "--set", "model.n_features=12"]
-            + ["--set", "model.n_hidden=6", "--set", "data.feature_probability=[0.05]"]
+            + ["--set", f"model.kind={model}", "--set", "model.n_features=12"]
+            + ["--set", "model.n_hidden=6", "--set", f"data.feature_probability=[{prob or 0.05}]"]
             + ["--set", "train.steps=4000", "--set", "train.batch_size=1024"],
             check=True,
         )
@@ -109,7 +112,9 @@ def write_dataset(kind: str, path: Path, rows: int) -> dict:
             + ["--overwrite"],
             check=True,
         )
-        return {"n_features": 12, "d": 6}
+        metrics = json.loads((toy / "metrics.json").read_text())
+        n_rep = metrics["instances"][0]["n_represented"]
+        return {"n_features": 12, "d": 6, "represented": n_rep}
     raise ValueError(kind)
 
 
@@ -156,7 +161,14 @@ def main() -> None:
     ap.add_argument(
         "--datasets",
         nargs="+",
-        default=["planted_p0.03", "planted_p0.1", "zipf_correlated", "toy_relu_output"],
+        default=[
+            "planted_p0.03",
+            "planted_p0.1",
+            "zipf_correlated",
+            "toy_relu_output",
+            "toy_relu_output_p0.2",
+            "toy_relu_hidden",
+        ],
     )
     ap.add_argument("--l1", nargs="+", type=float, default=[0.03, 0.1, 0.3, 1.0, 3.0])
     ap.add_argument("--seeds", type=int, default=2)
@@ -258,13 +270,14 @@ def width_table(results: dict, args: argparse.Namespace) -> str:
         meta = r["meta"]
         n = meta["n_features"]
         est = meta.get("width_estimates", {})
+        shown = n if meta.get("represented") in (None, n) else f"{n} ({meta['represented']} repr.)"
         cells = []
         for key in ("dead_onset_width", "loss_elbow_width"):
             counts = Counter(est.get(key, {}).values())
             total = sum(counts.values())
             cells.append(", ".join(f"{w} ({c}/{total})" for w, c in counts.most_common()) or "-")
         widths = f"{n // 2}, {n}, {2 * n}"
-        lines.append(f"| {kind} | {n} | {widths} | {cells[0]} | {cells[1]} |")
+        lines.append(f"| {kind} | {shown} | {widths} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines)
 
 

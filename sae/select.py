@@ -335,10 +335,10 @@ def resolve_auto(signals: list[InstanceSignals]) -> str:
 
 AUTO_ORDER = ("ev_knee", "seed_mmcs", "lambda_mmcs", "loss")
 """``auto``'s rules, the first the run can feed wins. Measured (``bench/bench_select.py``,
-BENCHMARKS.md 'Choosing an SAE without ground truth'): the explained-variance knee over λ had the
-lowest MCC regret on every data set; no width rule comes first because MCC does not penalise
-surplus latents, so the width rules (which do find the true feature count) cost regret by
-choosing the narrower dictionary."""
+BENCHMARKS.md 'Choosing an SAE without ground truth'): over six data sets the explained-variance
+knee over λ had the lowest mean MCC regret (0.006; at most 0.026) of 21 methods. No width rule
+comes first: MCC does not penalise surplus latents, so the width rules (the loss elbow found the
+true feature count in 60 of 60 width chains) cost regret by choosing the narrower dictionary."""
 
 
 def select(
