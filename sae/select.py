@@ -252,7 +252,11 @@ def compute_signals(
 
 def _chain_label(cfg: dict[str, Any], fields: tuple[str, ...]) -> str:
     short = {"l1_coefficient": "l1", "lr": "lr", "seed": "seed", "d_sae": "d_sae"}
-    return ",".join(f"{short[f]}={cfg.get(f):g}" for f in fields)
+
+    def fmt(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, (int, float)) else str(v)
+
+    return ",".join(f"{short[f]}={fmt(cfg.get(f))}" for f in fields)
 
 
 def _dead_onset(widths: list[int], dead: list[float]) -> int:
