@@ -66,9 +66,19 @@ def modular(run: RunOptions) -> None:
 def modular_purity(run_dir: Path, instance: int, sae_run: Path | None) -> None:
     """Per-latent frequency purity on a modular-addition run: the unmixing's dictionary and,
     with --sae, every SAE of an SAE run; and the L1 norm of the inputs' codes per basis."""
+    from sae.io import load_sae
+    from sae.metrics import score_dictionary
+    from sae.run.errors import UsageError
+    from sae.run.layout import RunDir
     from toymodels.modular.analysis import report_purity
 
-    for line in report_purity(run_dir, instance, sae_run):
+    decoders = []
+    while sae_run is not None and RunDir(sae_run).sae(len(decoders)).weights.exists():
+        folder = RunDir(sae_run).sae(len(decoders))
+        decoders.append((folder.name, load_sae(folder.root).W_dec))
+    if sae_run is not None and not decoders:
+        raise UsageError(f"{sae_run}: no sae_<k>/ folders")
+    for line in report_purity(run_dir, instance, decoders, score_dictionary):
         click.echo(line)
 
 

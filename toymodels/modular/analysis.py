@@ -3,6 +3,7 @@ unmixing and sparsity (what ``metrics.json`` holds)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -159,13 +160,18 @@ def analyse_instance(
     return record, UnmixedInstance(unmixed, unmix_a, unmix_b)
 
 
-def report_purity(run_dir: Any, instance: int, sae_run: Any = None) -> list[str]:
+def report_purity(
+    run_dir: Any,
+    instance: int,
+    decoders: list[tuple[str, Tensor]],
+    score: Callable[[Tensor, Tensor], dict[str, float]],
+) -> list[str]:
     """Lines for ``sae toy modular-purity``: the L1 norm per pair of x's codes in the pure,
-    learned and unmixed bases; the unmixing dictionary's and each SAE's per-latent frequency
-    purity (mean, and share of latents above 0.9) and MCC against the pure directions."""
-    from sae.metrics import score_dictionary  # cli-level wiring: sae is imported lazily
+    learned and unmixed bases; then, for the unmixing's dictionary and each named decoder
+    ([n_latents, 2d]), the per-latent frequency purity (mean, and share of latents above 0.9)
+    and ``score(ground_truth, decoder)``'s ``all/mcc`` and ``all/recovered_0.99`` (the CLI passes
+    ``sae.metrics.score_dictionary``: toymodels does not import the SAE package)."""
     from sae.run.errors import UsageError
-    from sae.run.layout import RunDir
     from toymodels.modular.export import (
         code_l1,
         latent_frequency_purity,
@@ -185,21 +191,11 @@ def report_purity(run_dir: Any, instance: int, sae_run: Any = None) -> list[str]
         f"key frequencies {truth.keys}; Fourier fit explains {truth.explained:.4f} of x",
         "L1 of codes per pair: " + ", ".join(f"{name} {value:.4f}" for name, value in l1.items()),
     ]
-    dictionaries = [("unmixing", unmixing_dictionary(w, loaded.config))]
-    if sae_run is not None:
-        from sae.io import load_sae
-
-        k = 0
-        while RunDir(sae_run).sae(k).weights.exists():
-            dictionaries.append((f"sae_{k}", load_sae(RunDir(sae_run).sae(k).root).W_dec.detach()))
-            k += 1
-        if k == 0:
-            raise UsageError(f"{sae_run}: no sae_<k>/ folders")
-    for name, decoder in dictionaries:
+    for name, decoder in [("unmixing", unmixing_dictionary(w, loaded.config)), *decoders]:
         if decoder.shape[1] != truth.directions.shape[1]:
             raise UsageError(f"{name}: d_in {decoder.shape[1]} does not match x (2d)")
-        purity = latent_frequency_purity(decoder, w, truth.keys)
-        scores = score_dictionary(truth.directions.float(), decoder.float())
+        purity = latent_frequency_purity(decoder.detach(), w, truth.keys)
+        scores = score(truth.directions.float(), decoder.detach().float())
         lines.append(
             f"{name}: latent purity mean {float(purity.mean()):.4f}, "
             f">0.9 {float((purity > 0.9).double().mean()):.3f}; mcc {scores['all/mcc']:.4f}, "
