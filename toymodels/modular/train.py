@@ -32,8 +32,7 @@ def train_modular(
     weights = module.model.cpu().weights()
     weights = BilinearWeights(*(t.detach().clone() for t in weights))
     save_modular(RunDir(out_dir).model, weights, config)
-    metrics = analyse(weights, config) | {"kind": "modular_addition", **result.run_facts()}
-    metrics = {"kind": metrics.pop("kind"), **metrics}
+    metrics = {"kind": "modular_addition", **result.run_facts(), **analyse(weights, config)}
     write_json(RunDir(out_dir).metrics, metrics)
     if plots:
         made = plot_run(weights, metrics, config, RunDir(out_dir).plots)
