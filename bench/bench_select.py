@@ -203,6 +203,17 @@ def main() -> None:
         gt = rec["ground_truth"]
         by_name = {s["name"]: s for s in rec["signals"]["instances"]}
         choices = dict(rec["choices"]) | {"auto": rec["sae"]}
+        n_true = meta.get("represented") or meta["n_features"]
+        # A width-aware score: the matched |cos| summed over features, divided by the larger of
+        # the feature count and the SAE's alive latents (MCC divides by the features only, so
+        # surplus latents cost it nothing).
+        fair = {
+            name: gt["per_sae"][name]
+            * n_true
+            / max(n_true, round(s["d_sae"] * (1 - s["dead_fraction"])))
+            for name, s in by_name.items()
+        }
+        best_fair = max(fair.values())
         methods = {}
         for method in _methods():
             name = choices.get(method)
@@ -215,6 +226,8 @@ def main() -> None:
                 "chosen": gt["per_sae"][name],
                 "best": gt["best"],
                 "pick": f"λ={chosen['l1_coefficient']:g},w={chosen['d_sae']}",
+                "regret_width_aware": best_fair - fair[name],
+                "best_width_aware": best_fair,
             }
         methods["auto"]["resolved"] = rec["method"]
         meta["auto"] = rec["method"]
@@ -223,6 +236,8 @@ def main() -> None:
         print(kind, json.dumps({m: v and v["regret"] for m, v in methods.items()}), flush=True)
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     print(markdown(results, args))
+    print()
+    print(markdown(results, args, "regret_width_aware"))
     print()
     print(width_table(results, args))
 
@@ -233,14 +248,15 @@ def _methods() -> list[str]:
     return _method_choices()
 
 
-def markdown(results: dict, args: argparse.Namespace) -> str:
+def markdown(results: dict, args: argparse.Namespace, key: str = "regret") -> str:
     kinds = list(results)
     lines = [
         "| method | " + " | ".join(kinds) + " | mean regret |",
         "|---|" + "---|" * (len(kinds) + 1),
     ]
-    best_row = "| best MCC in the run | " + " | ".join(
-        f"{next(v for v in results[k]['methods'].values() if v)['best']:.3f}" for k in kinds
+    best = "best_width_aware" if key == "regret_width_aware" else "best"
+    best_row = "| best score in the run | " + " | ".join(
+        f"{next(v for v in results[k]['methods'].values() if v)[best]:.3f}" for k in kinds
     )
     for method in _methods():
         cells, regrets = [], []
@@ -249,8 +265,8 @@ def markdown(results: dict, args: argparse.Namespace) -> str:
             if v is None:
                 cells.append("n/a")
             else:
-                regrets.append(v["regret"])
-                cells.append(f"{v['regret']:.3f} ({v['pick']})")
+                regrets.append(v[key])
+                cells.append(f"{v[key]:.3f} ({v['pick']})")
         mean = f"{sum(regrets) / len(regrets):.3f}" if len(regrets) == len(kinds) else "n/a"
         lines.append(f"| `{method}` | " + " | ".join(cells) + f" | {mean} |")
     lines.insert(2, best_row + " | |")

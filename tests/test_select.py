@@ -63,6 +63,10 @@ def test_width_rules_pick_the_width_where_the_dictionary_stops_growing() -> None
     assert choose("lambda_mmcs", s) == 2  # without a width rule: the best λ score anywhere
     assert choose("seed_mmcs", s) is None  # one seed: the rule cannot run
     assert resolve_auto(s) == "lambda_mmcs"  # one λ chain of < 3 values, one seed
+    # with a λ knee too, auto keeps the loss-elbow width, then the knee
+    knees = _signals([r | {"ev_knee": 0.5} for r in rows[:2]] + [rows[2] | {"ev_knee": 0.9}])
+    assert resolve_auto(knees) == "loss_elbow+ev_knee" and choose("loss_elbow+ev_knee", knees) == 1
+    assert choose("ev_knee", knees) == 2
 
 
 def test_auto_takes_the_ev_knee_then_seed_agreement() -> None:
