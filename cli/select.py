@@ -88,6 +88,21 @@ def select_command(run_dir: Path, method: str, rows: int, as_json: bool) -> None
             "regret": scores[best] - scores[sel.instance],
             "per_sae": {s.name: v for s, v in zip(saes, scores)},
         }
+        # Width-aware: the matched |cos| summed over the features over the larger of the
+        # feature count and the SAE's alive latents (MCC ignores surplus latents).
+        rep = truth.represented
+        n_true = int(rep.sum()) if rep is not None else truth.directions.shape[0]
+        fair = [
+            v * n_true / max(n_true, round(s.d_sae * (1 - s.dead_fraction)))
+            for v, s in zip(scores, sel.signals)
+        ]
+        best_fair = max(range(len(fair)), key=fair.__getitem__)
+        record["ground_truth"]["width_aware"] = {
+            "chosen": fair[sel.instance],
+            "best": fair[best_fair],
+            "best_sae": saes[best_fair].name,
+            "regret": fair[best_fair] - fair[sel.instance],
+        }
     write_json(layout.selection, record)
     if as_json:
         click.echo(json.dumps(record, indent=2))
@@ -109,6 +124,12 @@ def select_command(run_dir: Path, method: str, rows: int, as_json: bool) -> None
         lines.append(
             f"ground truth ({gt['score']}): selected {gt['chosen']:.4f}, best {gt['best']:.4f} "
             f"({gt['best_sae']}), regret {gt['regret']:.4f}"
+        )
+        wa = gt["width_aware"]
+        lines.append(
+            f"ground truth (width-aware: matched |cos| / max(features, alive latents)): "
+            f"selected {wa['chosen']:.4f}, best {wa['best']:.4f} ({wa['best_sae']}), "
+            f"regret {wa['regret']:.4f}"
         )
     click.echo("\n".join(lines))
 

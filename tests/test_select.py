@@ -126,6 +126,10 @@ def test_select_picks_the_planted_answer_and_reports_regret(planted_run, capsys)
     # the printed report: the choice and its ground-truth score, the best and the regret
     assert f"selected {record['sae']}" in out
     assert f"regret {gt['regret']:.4f}" in out and f"best {gt['best']:.4f}" in out
+    # one width: the width-aware score is MCC scaled by features / alive latents (16 / 16 here)
+    wa = gt["width_aware"]
+    assert wa["regret"] == pytest.approx(wa["best"] - wa["chosen"]) and wa["regret"] >= 0
+    assert wa["chosen"] == pytest.approx(gt["chosen"]) and "width-aware" in out
     # λ = 30 killed most latents; λ = 0.003 reconstructs best yet is not chosen
     worst = [s for s in record["signals"]["instances"] if s["l1_coefficient"] == 30.0]
     assert all(s["dead_fraction"] > 0.5 for s in worst)
