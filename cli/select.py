@@ -55,6 +55,7 @@ def select_command(run_dir: Path, method: str, rows: int, as_json: bool) -> None
     neighbouring widths and λ values, dead latents and loss against width, L0 and explained
     variance against λ. Writes RUN_DIR/selection.json."""
     import json
+    from collections import Counter
 
     import torch
 
@@ -116,8 +117,13 @@ def select_command(run_dir: Path, method: str, rows: int, as_json: bool) -> None
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
     lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in [header] + body]
     for name, chains in sel.widths.items():
-        if chains:
-            lines.append(f"{name}: " + ", ".join(f"{c}: {w}" for c, w in chains.items()))
+        if chains:  # one estimate per width chain (λ, lr, seed): how often each width came out
+            counts = Counter(chains.values()).most_common()
+            lines.append(
+                f"{name}: "
+                + ", ".join(f"{w} ({n}/{len(chains)} chains)" for w, n in counts)
+                + " (per chain in selection.json)"
+            )
     lines.append(f"selected {sel.name} (method {sel.method}); wrote {layout.selection}")
     gt = record.get("ground_truth")
     if gt:
