@@ -182,3 +182,35 @@ def test_select_refuses_a_folder_without_finished_saes(tmp_path, capsys) -> None
     code, _, err = sae_cli(["select", empty], capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "no finished SAEs" in err
     assert not (empty / "selection.json").exists()
+
+
+@pytest.mark.slow
+def test_select_on_a_width_sweep_finds_the_planted_width(tmp_path, capsys) -> None:
+    """16 planted features; widths 8 / 16 / 32 × λ 0.003 / 0.3 / 30 in one batched run: the
+    loss elbow says 16 features and auto picks the 16-latent SAE at λ = 0.3."""
+    data = tmp_path / "planted.safetensors"
+    write_planted_file(data, n_features=16, d=8, n_rows=20_000, p=0.05, seed=3)
+    grid = [(lam, w) for lam in LAMBDAS for w in (8, 16, 32)]
+    config = {
+        "sae": {"d_sae": None, "recipe": "constrained", "b_dec_init": "geometric_median"},
+        "sweep": {
+            "l1_coefficient": [g[0] for g in grid],
+            "d_sae": [g[1] for g in grid],
+            "lr": [3e-3],
+        },
+        "train": {"steps": 1500, "batch_size": 256, "log_every": 500, "checkpoint_every": 10**6},
+        **QUIET,
+    }
+    path = write_yaml(tmp_path / "widths.yaml", config)
+    out = tmp_path / "run"
+    code, _, err = sae_cli(["train", "--config", path, "--activations", data, "--out", out], capsys)
+    assert code == 0, err
+    code, printed, err = sae_cli(["select", out], capsys)
+    assert code == 0, err
+    record = json.loads((out / "selection.json").read_text())
+    assert record["method"] == "loss_elbow+ev_knee"
+    assert set(record["signals"]["widths"]["loss_elbow_width"].values()) == {16}
+    picked = record["signals"]["instances"][record["instance"]]
+    assert (picked["l1_coefficient"], picked["d_sae"]) == (0.3, 16), printed
+    assert "loss_elbow_width: 16 (3/3 chains)" in printed
+    assert record["ground_truth"]["width_aware"]["regret"] < 0.02, record["ground_truth"]
