@@ -19,6 +19,8 @@ from sae.config import SAERunConfig
 from sae.data import FileSource
 from sae.run.config_io import from_dict
 
+PLANTED_SALT = 7_919_000
+
 
 class Planted(NamedTuple):
     activations: Tensor  # [n_rows, d]
@@ -33,7 +35,9 @@ def planted_features(
     p: float = 0.05,
     seed: int = 0,
 ) -> Planted:
-    g = torch.Generator().manual_seed(seed)
+    # Salted: an SAE seeded like the data would otherwise start with its decoder on the planted
+    # directions (both draw standard normals from the same seed) and "recover" them for free.
+    g = torch.Generator().manual_seed(PLANTED_SALT + seed)
     features = torch.randn(n_features, d, generator=g)
     features = features / features.norm(dim=-1, keepdim=True)
     active = torch.rand(n_rows, n_features, generator=g) < p
