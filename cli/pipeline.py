@@ -140,6 +140,7 @@ def _toy_summary(toy: RunDir, instance: int) -> list[str]:
     return [
         f"Toy model `{metrics['kind']}` instance {instance}: {n} features, 1 − S = "
         f"{r['feature_probability']:g}, {r['n_represented']} features represented "
-        f"(‖W_i‖ > 0.5), D* = {r['dims_per_feature']:.3f} dimensions per feature, loss "
-        f"{r['loss']:.5f}. Plots: `{PipelineDir.TOY}/{RunDir.PLOTS}/`.",
+        f"(alone, each moves the output by > 0.5), D* = {r['dims_per_feature']:.3f} "
+        f"dimensions per feature, loss {r['loss']:.5f}. "
+        f"Plots: `{PipelineDir.TOY}/{RunDir.PLOTS}/`.",
     ]
