@@ -150,15 +150,16 @@ def mmcs(a: Tensor, b: Tensor) -> float:
     return float((a @ b.T).max(dim=1).values.mean())
 
 
-def knee(xs: Sequence[float], ys: Sequence[float]) -> list[float]:
-    """Distance of each point above the chord from the first to the last point, with both
-    axes scaled to [0, 1] (Kneedle's difference curve): the largest is the knee."""
+def knee(xs: Sequence[float], ys: Sequence[float], above: bool = True) -> list[float]:
+    """Signed distance of each point above (``above``) or below the chord from the first to
+    the last point, with both axes scaled to [0, 1] (Kneedle's difference curve): the largest is
+    the knee. Signed, so a point on the wrong side (past a collapse) never wins."""
     x, y = np.asarray(xs, float), np.asarray(ys, float)
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return [0.0] * len(x)
     x, y = (x - x.min()) / np.ptp(x), (y - y.min()) / np.ptp(y)
     chord = y[0] + (y[-1] - y[0]) * (x - x[0]) / (x[-1] - x[0])
-    return list(np.abs(y - chord))
+    return list(y - chord if above else chord - y)
 
 
 # ---------------------------------------------------------------------------- signals
@@ -205,7 +206,11 @@ def compute_signals(
             [cfgs[k]["d_sae"] for k in chain], [stats[k]["dead_fraction"] for k in chain]
         )
         if len(chain) >= 3:
-            d = knee([math.log(cfgs[k]["d_sae"]) for k in chain], [stats[k]["loss"] for k in chain])
+            d = knee(
+                [math.log(cfgs[k]["d_sae"]) for k in chain],
+                [stats[k]["loss"] for k in chain],
+                above=False,
+            )
             widths["loss_elbow_width"][label] = cfgs[chain[int(np.argmax(d))]]["d_sae"]
 
     lam_mmcs: list[float | None] = [None] * n
@@ -289,7 +294,11 @@ def _width_keep(rule: str, signals: list[InstanceSignals]) -> list[int] | None:
         elif rule == "loss_elbow":
             if len(chain) < 3:
                 return None
-            d = knee([math.log(signals[k].d_sae) for k in chain], [signals[k].loss for k in chain])
+            d = knee(
+                [math.log(signals[k].d_sae) for k in chain],
+                [signals[k].loss for k in chain],
+                above=False,
+            )
             keep.append(chain[int(np.argmax(d))])
         elif rule == "larger_mmcs":
             scored = [k for k in chain if signals[k].larger_mmcs is not None]
@@ -297,6 +306,17 @@ def _width_keep(rule: str, signals: list[InstanceSignals]) -> list[int] | None:
         else:
             raise ValueError(f"unknown width rule {rule!r}")
     return keep
+
+
+COLLAPSE_L0 = 1e-3
+"""Mean active latents per row below which an SAE counts as collapsed."""
+COLLAPSE_EV = 0.05
+"""Explained variance at or below which an SAE counts as collapsed."""
+
+
+def collapsed(s: InstanceSignals) -> bool:
+    """Nothing fires, or nothing is reconstructed: no λ rule may pick it over a working SAE."""
+    return s.l0 < COLLAPSE_L0 or s.explained_variance <= COLLAPSE_EV
 
 
 LAMBDA_SCORES: dict[str, Callable[[InstanceSignals], float | None]] = {
@@ -323,6 +343,10 @@ def choose(method: str, signals: list[InstanceSignals]) -> int | None:
     if keep is None:
         return None
     score = LAMBDA_SCORES[lam_rule]
+    # A collapsed SAE (almost nothing fires or nothing is reconstructed) can look stable to the
+    # λ rules (L0 flat at 0, neighbours equally dead): never recommend one while another exists.
+    working = [k for k in keep if not collapsed(signals[k])]
+    keep = working or keep
     scored = [(score(signals[k]), k) for k in keep if score(signals[k]) is not None]
     if not scored:
         return None

@@ -48,6 +48,23 @@ def test_knee_and_mmcs_on_known_curves() -> None:
     assert mmcs(half, eye) == pytest.approx(1 / math.sqrt(2))
 
 
+def test_a_collapsed_sae_is_never_the_knee_or_the_plateau() -> None:
+    # EV over log λ: high, then collapsing. Points past the collapse lie far *below* the chord;
+    # the knee is the last point above it (λ = 0.1), not the collapsed λ = 10.
+    log_l1 = [math.log(v) for v in (0.01, 0.1, 1.0, 10.0, 100.0)]
+    d = knee(log_l1, [0.99, 0.95, 0.3, 0.02, 0.0])
+    assert max(range(5), key=d.__getitem__) == 1
+    # The loss elbow over width is below the chord.
+    assert max(range(3), key=knee([0, 1, 2], [1.0, 0.05, 0.0], above=False).__getitem__) == 1
+    # Two dead SAEs have a flat L0 (slope 0, the best plateau); a working one must win.
+    rows = [
+        dict(l1_coefficient=0.1, l0=2.0, explained_variance=0.9, l0_slope=0.5),
+        dict(l1_coefficient=10.0, l0=0.0, explained_variance=0.0, l0_slope=0.0),
+        dict(l1_coefficient=100.0, l0=0.0, explained_variance=0.0, l0_slope=0.0),
+    ]
+    assert choose("l0_plateau", _signals(rows)) == 0
+
+
 def test_width_rules_pick_the_width_where_the_dictionary_stops_growing() -> None:
     # One λ chain: 4, 8, 16 latents. Dead latents appear past 8; the loss stops falling at 8;
     # the 8-latent dictionary is the one the 16-latent one contains.
