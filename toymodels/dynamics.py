@@ -26,8 +26,8 @@ DYNAMICS_SAMPLES = 8192
 
 class DynamicsRecorder(ChunkCallback):
     """Records a snapshot at step 0 and whenever a chunk ends on a multiple of ``every``
-    (the module makes ``every`` an event period, so chunks end there). A resumed run records
-    from where it resumed."""
+    (the module makes ``every`` an event period, so chunks end there). The snapshots travel in
+    the checkpoint, so a resumed run ends with the same snapshots as an uninterrupted one."""
 
     def __init__(self, every: int) -> None:
         self.every = every
@@ -38,12 +38,28 @@ class DynamicsRecorder(ChunkCallback):
         self._x: Tensor | None = None
 
     def on_train_start(self, trainer: Any, module: Any) -> None:
-        self._snapshot(int(trainer.global_step), module)
+        self._maybe_snapshot(int(trainer.global_step), module)
 
     def on_chunk_end(self, trainer: Any, module: Any, out: Any) -> None:
-        step = int(trainer.global_step)
+        self._maybe_snapshot(int(trainer.global_step), module)
+
+    def _maybe_snapshot(self, step: int, module: Any) -> None:
+        # A resumed run starts on its checkpoint's step: recorded already if it was due.
         if step % self.every == 0 and (not self.steps or self.steps[-1] != step):
             self._snapshot(step, module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "steps": list(self.steps),
+            "norms": [t.clone() for t in self.norms],
+            "dims": [t.clone() for t in self.dims],
+            "losses": [t.clone() for t in self.losses],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps = list(state["steps"])
+        self.norms, self.dims = list(state["norms"]), list(state["dims"])
+        self.losses = list(state["losses"])
 
     @torch.no_grad()
     def _snapshot(self, step: int, module: Any) -> None:
