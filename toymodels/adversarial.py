@@ -40,7 +40,7 @@ class Vulnerability(NamedTuple):
     attacked_feature: Tensor
     """[instances] which feature's attack that was."""
     vulnerability: Tensor
-    """[instances] attacked / clean − 1 (inf when the clean loss is 0)."""
+    """[instances] attacked / clean − 1 (inf when the clean loss is 0; metrics.json: null)."""
     amplification: Tensor
     """[instances] max_i ‖(WᵀW)(WᵀW)_i‖ / ‖(WᵀW)_i‖."""
 

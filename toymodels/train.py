@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,8 @@ def _finish(
         }
         if attack is not None:
             record["adversarial"] = {
-                "vulnerability": float(attack.vulnerability[k]),
+                # null, not Infinity (invalid JSON), when the clean loss is 0
+                "vulnerability": _finite_or_none(float(attack.vulnerability[k])),
                 "amplification": float(attack.amplification[k]),
                 "attack_norm": float(attack.attack_norm[k]),
                 "clean_loss": float(attack.clean_loss[k]),
@@ -187,7 +189,7 @@ def _plot(
         made["adversarial"] = plots.plot_adversarial(
             [r["feature_probability"] for r in records],
             [r["frobenius_norm_sq"] / config.model.n_hidden for r in records],
-            [r["adversarial"]["vulnerability"] for r in records],
+            [_nan_if_none(r["adversarial"]["vulnerability"]) for r in records],
             [r["adversarial"]["amplification"] for r in records],
             folder / "adversarial.png",
         )
@@ -219,3 +221,11 @@ def _log_final(
         payload[f"final/n_represented/instance_{k}"] = r["n_represented"]
         payload[f"final/dims_per_feature/instance_{k}"] = r["dims_per_feature"]
     logger.experiment.log(name_instances(payload, labels))
+
+
+def _finite_or_none(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _nan_if_none(value: float | None) -> float:
+    return math.nan if value is None else value
