@@ -15,6 +15,7 @@ from torch import Tensor
 
 from sae.code_correlation import CodeCorrelation
 from sae.metrics import (
+    CeilingStats,
     ReconstructionStats,
     block_rows,
     evaluate_dictionary,
@@ -108,9 +109,10 @@ def evaluate_sae(
     stats = ReconstructionStats(dictionary.all.latent_best_feature, represented)
     # Activation-level score of each matched latent (where the data has the true codes).
     code_corr = CodeCorrelation(dictionary.all.matching.feature_to_latent)
-    # The ceiling: the explained variance of the true codes times the true directions on the
-    # same rows (1 where activations are exactly that linear mix, below 1 for relu_hidden/abs).
-    ceiling = ReconstructionStats()
+    # The ceiling: the explained variance of the true codes times the true directions (plus the
+    # best offset) on the same rows (1 where activations are exactly that mix, below 1 for
+    # relu_hidden/abs).
+    ceiling = CeilingStats()
     truth = ground_truth.to(device).float()
     width = max(decoder.shape[0], ground_truth.shape[0], decoder.shape[1])
     rows = block_rows(width, chunk_size)
@@ -121,12 +123,12 @@ def evaluate_sae(
             out = sae(xb)
             stats.update(xb, out.x_hat[0], out.codes[0], true)
             if true is not None:
-                ceiling.update(xb, true.float() @ truth, true)
+                ceiling.update(xb, true.float() @ truth)
                 code_corr.update(out.codes[0], true.float())
     stats_scalars, arrays = stats.results()
     scalars = dictionary.to_dict() | stats_scalars
     if ceiling.n_samples:
-        scalars["explained_variance_ceiling"] = ceiling.results()[0]["explained_variance"]
+        scalars["explained_variance_ceiling"] = ceiling.explained_variance()
     if code_corr.n:
         arrays["activation_corr"] = code_corr.per_feature()
         scalars["all/activation_corr"] = code_corr.mean()

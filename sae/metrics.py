@@ -719,6 +719,34 @@ SHRINKAGE_MIN_NORM = 1e-6
 """Samples with a smaller input norm are left out of ``shrinkage`` (SAELens's cutoff)."""
 
 
+class CeilingStats:
+    """Streaming explained variance of the ground truth's own reconstruction of the rows
+    (true codes × true directions) with the best constant offset, as an SAE has ``b_dec``:
+    ``1 - tr Cov(x - x_truth) / tr Cov(x)``. 1 where the rows are exactly an affine mix of the
+    true directions; below 1 where they are not (relu_hidden, abs)."""
+
+    def __init__(self) -> None:
+        self.n_samples = 0
+
+    def update(self, x: Tensor, x_truth: Tensor) -> None:
+        x, r = x.double(), (x - x_truth).double()
+        if self.n_samples == 0:
+            self._sum_x, self._sum_r = x.sum(0), r.sum(0)
+            self._sq_x, self._sq_r = x.square().sum(), r.square().sum()
+        else:
+            self._sum_x += x.sum(0)
+            self._sum_r += r.sum(0)
+            self._sq_x += x.square().sum()
+            self._sq_r += r.square().sum()
+        self.n_samples += x.shape[0]
+
+    def explained_variance(self) -> float:
+        n = self.n_samples
+        total = float(self._sq_x - self._sum_x.square().sum() / n)
+        residual = float(self._sq_r - self._sum_r.square().sum() / n)
+        return 1.0 - residual / total if total > 0 else float("nan")
+
+
 class ReconstructionStats:
     """Streaming reconstruction, sparsity and detection statistics over held-out batches.
 

@@ -74,8 +74,8 @@ def write_report(
         "Metrics are computed on held-out activations the SAEs never trained on. "
         "'repr.' = over the features the toy model represents (alone, the feature moves the "
         "model's output by more than 0.5). 'EV ceiling' = the explained variance the true codes "
-        "and directions reach on the same rows (below 1 where activations are not a linear mix "
-        "of the true directions: relu_hidden, abs). " + RANK_RULE,
+        "and directions (plus the best offset) reach on the same rows (below 1 where "
+        "activations are not a linear mix of the true directions: relu_hidden, abs). " + RANK_RULE,
         "",
     ]
     for name, r in results.items():

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from sae.activations import GroundTruth, write_activation_file
-from sae.metrics import ReconstructionStats
+from sae.metrics import CeilingStats
 from sae.run.config_io import config_to_dict
 from sae.run.errors import UsageError
 from sae.run.seeding import TOY_SCORING_SEED
@@ -104,18 +104,18 @@ def export_activations(
         raise UsageError(f"{out} already exists; use --overwrite to replace it")
     g = torch.Generator().manual_seed(seed)
     acts, codes = [], []
-    ceiling = ReconstructionStats()
+    ceiling = CeilingStats()
     for start in range(0, samples, EXPORT_CHUNK):
         h, c = source.sample(min(EXPORT_CHUNK, samples - start), g)
         acts.append(h)
         codes.append(c)
-        ceiling.update(h, c @ source.ground_truth, c)
+        ceiling.update(h, c @ source.ground_truth)
     info = source.info(run_dir) | {
         "samples": samples,
         "seed": seed,
         # What the true codes and directions explain of these rows: 1 for linear and
         # relu_output (h = Σ x_i W_i), below 1 for relu_hidden and abs.
-        "explained_variance_ceiling": ceiling.results()[0]["explained_variance"],
+        "explained_variance_ceiling": ceiling.explained_variance(),
     }
     write_activation_file(
         out,
