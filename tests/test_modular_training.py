@@ -15,6 +15,7 @@ from cli_runs import QUIET, sae_cli, write_yaml
 from sae.activations import ActivationFile
 from sae.metrics import score_dictionary
 from sae.run.config_io import from_dict
+from sae.run.errors import UsageError
 from toymodels.modular.config import ModularConfig
 from toymodels.modular.export import (
     export_modular,
@@ -102,6 +103,10 @@ def test_export_writes_pure_frequency_ground_truth(short_run, tmp_path: Path) ->
     rebuilt = pure.mean + codes @ truth.double()
     residual = (x - rebuilt).square().sum() / (x - x.mean(0)).square().sum()
     assert float(residual) == pytest.approx(1 - pure.explained, abs=1e-4)
+    # more rows than pairs would repeat training pairs into the held-out tail: refused
+    with pytest.raises(UsageError, match="1..961"):
+        export_modular(out, k, tmp_path / "more.safetensors", samples=31 * 31 + 1)
+    assert not (tmp_path / "more.safetensors").exists()
     # the unmixing's columns are a dictionary scored like an SAE's decoder, and each of its
     # latents reads one frequency as purely as the unmixed columns are
     dictionary = unmixing_dictionary(w, loaded.config)

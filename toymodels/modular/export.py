@@ -132,7 +132,9 @@ def export_modular(
     """Write the pairs' inputs of ``instance`` with the pure-frequency ground truth to ``out``.
 
     Rows are the p² pairs in a seeded random order (scoring holds out the last rows);
-    ``samples`` below p² keeps that many, above p² repeats whole shuffled passes."""
+    ``samples`` below p² keeps that many. More than p² is refused: repeated rows would put
+    training pairs into the held-out tail (SAE training passes over the file as often as its
+    steps need)."""
     loaded = load_modular(run_dir)
     config = loaded.config
     n = config.n_instances
@@ -140,16 +142,18 @@ def export_modular(
         raise UsageError(f"instance {instance} out of range: {run_dir} has instances 0..{n - 1}")
     p = config.model.p
     samples = p * p if samples is None else samples
-    if samples < 1:
-        raise UsageError(f"--samples must be >= 1, got {samples}")
+    if not 1 <= samples <= p * p:
+        raise UsageError(
+            f"--samples must lie in 1..{p * p} (the p² = {p * p} distinct pairs; more would repeat "
+            f"rows into the held-out tail), got {samples}"
+        )
     if Path(out).exists() and not overwrite:
         raise UsageError(f"{out} already exists; use --overwrite to replace it")
     w = loaded.weights.select(instance)
     truth = pure_frequencies(w, config)
     x = pair_inputs(w, p)
     g = torch.Generator().manual_seed(seed)
-    passes = -(-samples // (p * p))
-    order = torch.cat([torch.randperm(p * p, generator=g) for _ in range(passes)])[:samples]
+    order = torch.randperm(p * p, generator=g)[:samples]
     info: dict[str, Any] = {
         "source": "modular-addition",
         "run_dir": str(run_dir),
