@@ -110,17 +110,22 @@ class SAEModule(StepEngine):
     def init_decoder_from_data(self) -> None:
         """Each instance's decoder rows (and encoder columns) start as training inputs minus
         b_dec, normalised to the recipe's init norm: as many rows as the instance's width, drawn
-        from its own seed (so a sweep member starts as it would alone)."""
+        from its own seed (so a sweep member starts as it would alone). A latent whose drawn
+        input is all zero (common in sparse toy data) keeps its random init: every such latent
+        would otherwise get the same direction (−b_dec) or none, and never separate."""
         sae, c = self.sae, self.config
         norm = sae.rules.decoder_init_norm(c.sae.decoder_init_norm)
         for k, (seed, width) in enumerate(zip(c.sweep.expanded()[2], sae.widths)):
-            x = self.source.sample(width, data_init_seed(seed), self.device)
-            rows = x.to(sae.W_enc.dtype) * self.input_scale - sae.b_dec[k]
-            rows = rows / rows.norm(dim=-1, keepdim=True).clamp_min(1e-12) * norm
-            n = rows.shape[0]  # fewer than the width only for a file of fewer training rows
-            sae.W_enc[k, :, :n] = rows.T
+            x = self.source.sample(width, data_init_seed(seed), self.device).to(sae.W_enc.dtype)
+            rows = x * self.input_scale - sae.b_dec[k]
+            lengths = rows.norm(dim=-1, keepdim=True)
+            rows = rows / lengths.clamp_min(1e-12) * norm
+            x_norm = x.norm(dim=-1)
+            usable = (x_norm > 1e-6 * x_norm.max().clamp_min(1e-30)) & (lengths[:, 0] > 1e-12)
+            latents = usable.nonzero()[:, 0]  # fewer than the width: a small file, zero rows
+            sae.W_enc[k, :, latents] = rows[latents].T
             if sae.W_dec is not None:
-                sae.W_dec[k, :n] = rows
+                sae.W_dec[k, latents] = rows[latents]
 
     def on_fit_start(self) -> None:
         if not bool(self.initialized):
