@@ -109,6 +109,14 @@ def evaluate_sae(
     stats = ReconstructionStats(dictionary.all.latent_best_feature, represented)
     # Activation-level score of each matched latent (where the data has the true codes).
     code_corr = CodeCorrelation(dictionary.all.matching.feature_to_latent)
+    # ... and over the represented features with their own matching, as represented/mcc has.
+    repr_corr = None
+    if dictionary.represented is not None:
+        to_latent = np.full(ground_truth.shape[0], -1, dtype=np.int64)
+        to_latent[dictionary.represented.feature_ids] = (
+            dictionary.represented.matching.feature_to_latent
+        )
+        repr_corr = CodeCorrelation(to_latent)
     # The ceiling: the explained variance of the true codes times the true directions (plus the
     # best offset) on the same rows (1 where activations are exactly that mix, below 1 for
     # relu_hidden/abs).
@@ -125,6 +133,8 @@ def evaluate_sae(
             if true is not None:
                 ceiling.update(xb, true.float() @ truth)
                 code_corr.update(out.codes[0], true.float())
+                if repr_corr is not None:
+                    repr_corr.update(out.codes[0], true.float())
     stats_scalars, arrays = stats.results()
     scalars = dictionary.to_dict() | stats_scalars
     if ceiling.n_samples:
@@ -132,9 +142,10 @@ def evaluate_sae(
     if code_corr.n:
         arrays["activation_corr"] = code_corr.per_feature()
         scalars["all/activation_corr"] = code_corr.mean()
-        if represented is not None:
-            mask = np.asarray(represented.detach().cpu(), dtype=bool)
-            scalars["represented/activation_corr"] = code_corr.mean(mask)
+        if repr_corr is not None:
+            mask = np.zeros(ground_truth.shape[0], dtype=bool)
+            mask[dictionary.represented.feature_ids] = True
+            scalars["represented/activation_corr"] = repr_corr.mean(mask)
     n_features = ground_truth.shape[0]
     names = feature_names or [str(i) for i in range(n_features)]
     return {

@@ -61,8 +61,11 @@ def test_eval_reports_the_correlation_next_to_the_decoder_cosine() -> None:
         sae.W_dec.copy_(torch.eye(n)[None])
         sae.b_enc.zero_()
         sae.b_dec.zero_()
-    result = evaluate_sae(sae, directions, [(true @ directions, true)])
+    represented = torch.tensor([True, True, True, True, False, False])
+    result = evaluate_sae(sae, directions, [(true @ directions, true)], represented)
     assert result["scalars"]["all/activation_corr"] == pytest.approx(1.0, abs=1e-9)
+    # over the represented features, with their own matching (as represented/mcc)
+    assert result["scalars"]["represented/activation_corr"] == pytest.approx(1.0, abs=1e-9)
     rows = result["features"]
     assert all(r["matched_cos"] == pytest.approx(1.0) for r in rows)
     assert all(r["activation_corr"] == pytest.approx(1.0, abs=1e-9) for r in rows)
