@@ -365,9 +365,9 @@ def resolve_auto(signals: list[InstanceSignals]) -> str:
 AUTO_ORDER = ("loss_elbow+ev_knee", "ev_knee", "seed_mmcs", "lambda_mmcs", "loss")
 """``auto``'s rules, the first the run can feed wins. Measured (``bench/bench_select.py``,
 BENCHMARKS.md 'Choosing an SAE without ground truth', six data sets, 21 methods): with widths
-swept, the loss elbow over width then the explained-variance knee over λ had mean regret 0.031
-in MCC and 0.002 in a width-aware score (matched |cos| over max(features, alive latents)); the
-knee alone had 0.006 in MCC but 0.373 width-aware (it keeps the widest dictionary: MCC does not
+swept, the loss elbow over width then the explained-variance knee over λ had mean regret 0.035
+in MCC and 0.001 in a width-aware score (matched |cos| over max(features, alive latents)); the
+knee alone had 0.005 in MCC but 0.369 width-aware (it keeps the widest dictionary: MCC does not
 penalise surplus latents). Without a width sweep the knee alone; with fewer than three λ values,
 seed agreement, then λ stability."""
 
