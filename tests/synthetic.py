@@ -62,6 +62,18 @@ def write_planted_file(path: str | Path, **kwargs) -> Planted:
     return planted
 
 
+SHORT_SCHEDULE: dict[str, Any] = {
+    "steps": 300,
+    "batch_size": 128,
+    "log_every": 50,
+    "lr_warmup_steps": 10,
+    "lr_schedule": "cosine",
+    "l1_warmup_steps": 20,
+}
+"""A short ``train`` section with every schedule on (LR warm-up and cosine decay, λ warm-up), for
+tests that compare runs step for step."""
+
+
 def sae_config(**sections: dict[str, Any]) -> SAERunConfig:
     """A quiet single-thread SAE run config (no wandb, no progress bar, rare checkpoints);
     ``sections`` (e.g. ``sae={"d_sae": 8}``) override it section by section."""

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from synthetic import file_source, sae_config, write_planted_file
+from synthetic import SHORT_SCHEDULE, file_source, sae_config, write_planted_file
 
 from sae.io import load_sae
 from sae.lightning_module import SAEModule
@@ -84,14 +84,7 @@ def test_planted_features_recovered_with_the_april2024_recipe(planted, tmp_path)
 
 SWEEP_RUN = {
     "sae": {"d_sae": 48, "recipe": "april2024", "b_dec_init": "geometric_median"},
-    "train": {
-        "steps": 300,
-        "batch_size": 128,
-        "log_every": 50,
-        "lr_warmup_steps": 10,
-        "lr_schedule": "cosine",
-        "l1_warmup_steps": 20,
-    },
+    "train": SHORT_SCHEDULE,
 }
 L1, LR, SEED = [1.0, 3.0, 10.0], [1e-3, 3e-3, 2e-3], [0, 1, 2]
 

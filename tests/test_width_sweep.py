@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from synthetic import file_source, sae_config, write_planted_file
+from synthetic import SHORT_SCHEDULE, file_source, sae_config, write_planted_file
 
 from sae.config import SAERunConfig
 from sae.io import load_sae
@@ -17,17 +17,7 @@ from sae.run.config_io import from_dict
 from sae.run.errors import UsageError
 from sae.train import train_saes
 
-RUN = {
-    "sae": {"recipe": "april2024", "b_dec_init": "geometric_median"},
-    "train": {
-        "steps": 300,
-        "batch_size": 128,
-        "log_every": 50,
-        "lr_warmup_steps": 10,
-        "lr_schedule": "cosine",
-        "l1_warmup_steps": 20,
-    },
-}
+RUN = {"sae": {"recipe": "april2024", "b_dec_init": "geometric_median"}, "train": SHORT_SCHEDULE}
 WIDTHS, L1, SEEDS = [12, 32, 20], [1.0, 3.0, 10.0], [0, 1, 2]
 NAMES = ("W_enc", "W_dec", "b_enc", "b_dec")
 
