@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_runs import QUIET
 from safetensors.torch import load_file
 
 from sae.run.config_io import from_dict
@@ -121,8 +122,7 @@ def test_dynamics_snapshots_of_a_short_run(tmp_path: Path) -> None:
                 "log_every": 50,
                 "snapshot_every": 40,
             },
-            "runtime": {"threads": 1, "progress_bar": False},
-            "wandb": {"enabled": False},
+            **QUIET,
         },
     )
     metrics = train_toy(config, tmp_path)
@@ -160,8 +160,7 @@ def test_dynamics_snapshots_survive_a_resume(tmp_path: Path) -> None:
             "checkpoint_every": 60,
             "snapshot_every": 40,
         },
-        "runtime": {"threads": 1, "progress_bar": False},
-        "wandb": {"enabled": False},
+        **QUIET,
     }
     train_toy(from_dict(ToyConfig, data), tmp_path / "whole")
     half = {**data, "train": {**data["train"], "steps": 60}}
