@@ -121,6 +121,40 @@ def test_sae_ddp_with_resampling_matches_one_process(tmp_path: Path) -> None:
             torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
 
 
+def test_width_sweep_ddp_matches_one_process(tmp_path: Path) -> None:
+    """Widths [4, 16, 10] in one tensor under 2 processes: the masked latents stay masked on
+    both ranks (gradients all-reduced, one resample) and each SAE equals the 1-process one."""
+    acts = _planted_file(tmp_path / "acts.safetensors")
+    widths = [4, 16, 10]
+    config = write_yaml(
+        tmp_path / "sae.yaml",
+        {
+            "sae": {"d_sae": None, "recipe": "april2024"},
+            "sweep": {"l1_coefficient": [0.05, 0.3, 30.0], "seed": [1, 2, 3], "d_sae": widths},
+            "train": {"steps": 120, "batch_size": 256, "log_every": 40, "data_shards": 2},
+            "resample": {"method": "anthropic", "every": 80, "window": 40, "samples": 512},
+            "runtime": {"threads": 1, "progress_bar": False},
+            "wandb": {"enabled": False},
+        },
+    )
+    common = ("train", "--config", str(config), "--activations", str(acts))
+    two = sae_cli(*common, "--out", str(tmp_path / "two"), "--devices", "2", "--strategy", "ddp")
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = sae_cli(*common, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+
+    run = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert run["world_size"] == 2 and run["ranks_identical"] is True
+    last = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["resampled/instance_2"] > 0, "no resampling happened"
+    for k, width in enumerate(widths):
+        a = load_file(str(tmp_path / "one" / f"sae_{k}" / "sae_weights.safetensors"))
+        b = load_file(str(tmp_path / "two" / f"sae_{k}" / "sae_weights.safetensors"))
+        assert b["W_dec"].shape == (width, 6) and b["W_enc"].shape == (6, width)
+        for name in a:
+            torch.testing.assert_close(a[name], b[name], atol=1e-5, rtol=1e-4)
+
+
 def _children(pid: int) -> list[int]:
     out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True)
     return [int(p) for p in out.stdout.split()]

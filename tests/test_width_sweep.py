@@ -141,3 +141,69 @@ def test_a_width_in_two_places_is_one_line_naming_the_set(capsys) -> None:
     ]
     code, out, _ = sae_cli(argv + ["--set", "sae.d_sae=null", "--print-config"], capsys)
     assert code == 0 and "- 16\n  - 32\n  - 64" in out
+
+
+def _interrupt_at(monkeypatch: pytest.MonkeyPatch, step: int) -> None:
+    """SIGINT to this process after the first chunk ending at or past ``step``: the run's own
+    handler checkpoints and stops, as for a user's Ctrl-C (no timing involved)."""
+    import os
+    import signal
+
+    from sae.run.metrics_log import MetricsFile
+
+    original = MetricsFile.on_chunk_end
+    sent: list[int] = []
+
+    def on_chunk_end(self, trainer, module, out) -> None:
+        original(self, trainer, module, out)
+        if trainer.global_step >= step and not sent:
+            sent.append(trainer.global_step)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(MetricsFile, "on_chunk_end", on_chunk_end)
+
+
+def test_an_interrupted_width_sweep_resumes_to_the_uninterrupted_weights(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Widths [12, 32, 20] with every schedule on and anthropic resampling at steps 40 and 80,
+    stopped at step 60 and resumed with ``sae train --resume``: the same bytes as one run."""
+    from cli_runs import QUIET, sae_cli, write_yaml
+    from safetensors.torch import load_file
+
+    from sae.run.metrics_log import read_metrics
+
+    acts = tmp_path / "small.safetensors"
+    write_planted_file(acts, n_features=16, d=8, n_rows=8192, p=0.1, seed=1)
+    config = {
+        "sae": {**RUN["sae"], "d_sae": None},
+        "sweep": {"l1_coefficient": L1, "seed": SEEDS, "lr": [3e-3], "d_sae": WIDTHS},
+        "train": {**SHORT_SCHEDULE, "steps": 120, "checkpoint_every": 50, "log_every": 20},
+        "resample": {"method": "anthropic", "every": 40, "window": 20, "samples": 512},
+        **QUIET,
+    }
+    config["runtime"] = {**config["runtime"], "steps_per_call": 10}
+    cfg = write_yaml(tmp_path / "sae.yaml", config)
+    argv = ["train", "--config", cfg, "--activations", acts]
+    out, ref = tmp_path / "run", tmp_path / "reference"
+    code, _, err = sae_cli([*argv, "--out", ref], capsys)
+    assert code == 0, err
+    with monkeypatch.context() as m:
+        _interrupt_at(m, 60)
+        code, _, err = sae_cli([*argv, "--out", out], capsys)
+    assert code == 130 and "interrupted at step 60" in err, err
+    assert not (out / "sae_0").exists()
+    code, _, err = sae_cli(["train", "--resume", out], capsys)
+    assert code == 0, err
+
+    reference = read_metrics(ref)
+    assert read_metrics(out) == reference
+    # resampling fired before and after the interruption (λ = 10 starves latents)
+    fired = [r.get("resampled/instance_2", 0) for r in reference]
+    assert fired[-1] > fired[2] > 0, fired
+    for k, width in enumerate(WIDTHS):
+        a = load_file(str(out / f"sae_{k}" / "sae_weights.safetensors"))
+        b = load_file(str(ref / f"sae_{k}" / "sae_weights.safetensors"))
+        assert a.keys() == b.keys() and a["W_dec"].shape == (width, 8)
+        for name in b:  # bit-identical, not merely close
+            assert torch.equal(a[name], b[name]), (k, name)
