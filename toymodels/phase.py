@@ -190,7 +190,7 @@ def write_phase_diagram(
     write_json(run.phase, record)
     from toymodels import plots
 
-    plots.plot_phase_diagram(record, run.plots / run.PHASE_FIGURE, _title(config, n))
+    plots.plot_phase_diagram(record, run.plot(run.PHASE_FIGURE), _title(config, n))
     return record
 
 

@@ -125,7 +125,7 @@ def _finish(
     if recorder is not None and recorder.steps:
         snapshots = recorder.kept(keep)
         save_dynamics(run.dynamics, snapshots)
-    plots = _plot(model, distribution, diag, rep, records, config, run.plots, snapshots)
+    plots = _plot(model, distribution, diag, rep, records, config, run, snapshots)
     if result.logger is not None:
         _log_final(result.logger, records, plots, toy_instance_labels(config))
     return metrics
@@ -148,7 +148,7 @@ def _plot(
     rep: torch.Tensor,
     records: list[dict[str, Any]],
     config: ToyConfig,
-    folder: Path,
+    run: RunDir,
     snapshots: dict[str, torch.Tensor] | None,
 ) -> dict[str, Path]:
     """One grid figure per quantity across (at most MAX_INSTANCE_PLOTS) instances, plus the
@@ -160,29 +160,29 @@ def _plot(
     labels = toy_instance_labels(config)[shown]
     titles = [label or f"instance {k}" for k, label in enumerate(labels)]
     made: dict[str, Path] = {
-        "wtw": plots.plot_wtw_grid(W, model.b.detach().numpy()[shown], titles, folder / "wtw.png"),
+        "wtw": plots.plot_wtw_grid(W, model.b.detach().numpy()[shown], titles, run.plot("wtw")),
         "feature_norms": plots.plot_feature_norms_grid(
             diag.feature_norms.numpy()[shown],
             diag.interference.numpy()[shown],
             titles,
-            folder / "feature_norms.png",
+            run.plot("feature_norms"),
         ),
     }
     if model.privileged_basis:
-        made["neuron_stack"] = plots.plot_neuron_stack_grid(W, titles, folder / "neuron_stack.png")
+        made["neuron_stack"] = plots.plot_neuron_stack_grid(W, titles, run.plot("neuron_stack"))
     if config.model.n_hidden in (2, 3) and model.kind != "abs":
         made["geometry"] = plots.plot_geometry_grid(
             W,
             distribution.importance.numpy()[shown],
             rep.numpy()[shown],
             titles,
-            folder / "geometry.png",
+            run.plot("geometry"),
         )
     made["dimensionality"] = plots.plot_dimensionality(
         distribution.probability[:, 0].numpy(),
         diag.feature_dimensionality.numpy(),
         diag.dims_per_feature.numpy(),
-        folder / "dimensionality.png",
+        run.plot("dimensionality"),
         f"{config.model.kind}: n={config.model.n_features}, m={config.model.n_hidden}",
     )
     if "adversarial" in records[0] and config.n_instances > 1:
@@ -191,7 +191,7 @@ def _plot(
             [r["frobenius_norm_sq"] / config.model.n_hidden for r in records],
             [_nan_if_none(r["adversarial"]["vulnerability"]) for r in records],
             [r["adversarial"]["amplification"] for r in records],
-            folder / "adversarial.png",
+            run.plot("adversarial"),
         )
     if snapshots is not None:
         few = slice(0, min(config.n_instances, MAX_DYNAMICS_PLOTS))
@@ -200,7 +200,7 @@ def _plot(
             snapshots["feature_dimensionality"][:, few].numpy(),
             snapshots["loss"][:, few].numpy(),
             titles[few],
-            folder / "dynamics.png",
+            run.plot("dynamics"),
         )
     return made
 

@@ -58,5 +58,7 @@ def save_figure(fig: Any, path: str | os.PathLike) -> None:
     import matplotlib.pyplot as plt
 
     with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        # A layout engine already fits everything in; "tight" would draw the figure twice.
+        tight = None if fig.get_layout_engine() else "tight"
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches=tight)
     plt.close(fig)

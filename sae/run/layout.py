@@ -33,8 +33,8 @@ class RunDir:
     REPORT = "report.md"
     PHASE = "phase.json"
     """A toy phase-diagram run's labels: trained and closed-form, per (r, density) point."""
-    PHASE_FIGURE = "phase_diagram.png"
-    """The phase diagram, in ``plots/``."""
+    PHASE_FIGURE = "phase_diagram"
+    """The phase diagram's name in ``plots/`` (``plot(PHASE_FIGURE)``)."""
     DYNAMICS = "dynamics.safetensors"
     """A toy run's learning-dynamics snapshots (``train.snapshot_every``)."""
     SELECTION = "selection.json"
@@ -104,6 +104,11 @@ class RunDir:
     @property
     def plots(self) -> Path:
         return self.root / self.PLOTS
+
+    def plot(self, name: str) -> Path:
+        """The PNG of figure ``name`` in ``plots/`` (``name`` is also its wandb key,
+        ``plots/<name>``)."""
+        return self.plots / f"{name}.png"
 
     @property
     def phase(self) -> Path:

@@ -35,7 +35,7 @@ def train_modular(
     metrics = {"kind": "modular_addition", **result.run_facts(), **analyse(weights, config)}
     write_json(RunDir(out_dir).metrics, metrics)
     if plots:
-        made = plot_run(weights, metrics, config, RunDir(out_dir).plots)
+        made = plot_run(weights, metrics, config, RunDir(out_dir))
         if result.logger is not None:
             _log_final(result.logger, metrics, made)
     finish_wandb(result.logger)
@@ -67,7 +67,7 @@ def analyse(weights: BilinearWeights, config: ModularConfig) -> dict[str, Any]:
 
 
 def plot_run(
-    weights: BilinearWeights, metrics: dict[str, Any], config: ModularConfig, folder: Path
+    weights: BilinearWeights, metrics: dict[str, Any], config: ModularConfig, run: RunDir
 ) -> dict[str, Path]:
     from toymodels.modular import plots
     from toymodels.modular.unmixing import apply_unmixing
@@ -84,11 +84,11 @@ def plot_run(
             w.E_a[0],
             unmixed.E_a[0],
             r["key_frequencies"],
-            folder / f"spectrum_instance{k}.png",
+            run.plot(f"spectrum_instance{k}"),
             title,
         )
         made[f"bilinear_instance{k}"] = plots.plot_bilinear(
-            w, unmixed, folder / f"bilinear_instance{k}.png", title
+            w, unmixed, run.plot(f"bilinear_instance{k}"), title
         )
     return made
 
