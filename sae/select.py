@@ -7,7 +7,8 @@ and their activations on held-out rows; none reads the ground truth.
 Per instance (``InstanceSignals``):
 
 - ``explained_variance``, ``l0``, ``dead_fraction`` (never fired on the held-out rows),
-  ``loss`` (‖x − x̂‖² summed over dimensions + λ·sparsity, the training objective).
+  ``loss`` (‖x − x̂‖² summed over dimensions + λ·sparsity, the training objective, on the
+  inputs as training scaled them).
 - ``seed_mmcs``: agreement between seeds of the same setting (λ, lr, width): the symmetric
   mean max cosine similarity (MMCS) between their alive decoder rows, averaged over the other
   seeds. Features a data set really has come back from any seed; artefacts of one seed do not.
@@ -118,7 +119,12 @@ def held_out_stats(
             rows = x.shape[0]
             a["err"] += float((out.x_hat[0].double() - x64).square().sum())
             a["l0"] += float((out.codes[0] > 0).sum())
-            a["loss"] += rows * float(out.reconstruction[0] + l1 * out.sparsity[0])
+            # The training objective, on the inputs training saw (c·x when normalize_input
+            # folded a scale c into the saved weights): the reconstruction error grows by c²,
+            # a decoder-norm-weighted penalty by c, plain Σ f not at all.
+            c = float(s.cfg.get("input_scale_folded") or 1.0)
+            penalty = s.module.rules.sparsity(out.codes, s.module.decoder * c) / rows
+            a["loss"] += rows * float(c * c * out.reconstruction[0] + l1 * penalty[0])
             f |= (out.codes[0] > 0).any(0).cpu()
         n += x.shape[0]
         if n >= max_rows:

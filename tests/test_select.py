@@ -231,3 +231,27 @@ def test_select_on_a_width_sweep_finds_the_planted_width(tmp_path, capsys) -> No
     assert (picked["l1_coefficient"], picked["d_sae"]) == (0.3, 16), printed
     assert "loss_elbow_width: 16 (3/3 chains)" in printed
     assert record["ground_truth"]["width_aware"]["regret"] < 0.02, record["ground_truth"]
+
+
+@pytest.mark.parametrize("recipe", ["constrained", "april2024"])
+def test_held_out_loss_is_the_training_objective_under_a_folded_input_scale(recipe) -> None:
+    """normalize_input trains on c·x and folds c into the saved weights; the ``loss`` signal
+    must be the objective training minimised (on c·x), not the one on x."""
+    from sae.model import SparseAutoencoder
+    from sae.select import SAEView, held_out_stats
+
+    torch.manual_seed(0)
+    trained = SparseAutoencoder(1, 8, 16, recipe, seeds=[3])
+    with torch.no_grad():
+        trained.b_dec.normal_()
+        trained.b_enc.normal_()
+    x, c, l1 = torch.randn(256, 8), 2.5, 0.3
+    out = trained(c * x)
+    expected = float(out.reconstruction[0] + l1 * out.sparsity[0])
+    saved = SparseAutoencoder(1, 8, 16, recipe)
+    with torch.no_grad():
+        for name, value in trained.instance_weights(0, c).items():
+            getattr(saved, name).copy_(value[None])
+    cfg = {"l1_coefficient": l1, "input_scale_folded": c}
+    (stats,) = held_out_stats([SAEView("sae_0", cfg, saved)], [x])
+    assert stats["loss"] == pytest.approx(expected, rel=1e-5)
