@@ -43,15 +43,20 @@ CASES = {
 
 @pytest.mark.parametrize("shape", CASES.values(), ids=CASES.keys())
 @pytest.mark.parametrize("zero", [False, True], ids=["weights", "all_zero"])
-def test_instance_plots(tmp_path: Path, shape: tuple[int, int], zero: bool) -> None:
+def test_one_instance_grids_on_edge_shapes(
+    tmp_path: Path, shape: tuple[int, int], zero: bool
+) -> None:
+    """A single instance is a grid of one; degenerate shapes and all-zero weights still draw."""
     rng = np.random.default_rng(0)
     W = np.zeros(shape) if zero else rng.normal(size=shape)
     b = np.zeros(shape[0]) if zero else rng.normal(size=shape[0]) * 0.1
     norms, interference, _ = stats(W)
     out = [
-        plots.plot_wtw(W, b, tmp_path / "wtw.png", title="wtw"),
-        plots.plot_feature_norms(norms, interference, tmp_path / "norms.png", title="n"),
-        plots.plot_neuron_stack(W, tmp_path / "stack.png", title="stack"),
+        plots.plot_wtw_grid(W[None], b[None], ["one"], tmp_path / "wtw.png", title="wtw"),
+        plots.plot_feature_norms_grid(
+            norms[None], interference[None], ["one"], tmp_path / "norms.png", title="n"
+        ),
+        plots.plot_neuron_stack_grid(W[None], ["one"], tmp_path / "stack.png", title="stack"),
     ]
     for path in out:
         assert_png(path)

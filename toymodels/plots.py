@@ -20,7 +20,6 @@ import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import ListedColormap, Normalize
-from matplotlib.ticker import MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
 from sae.run.files import save_figure
@@ -43,57 +42,6 @@ def _finish(fig: plt.Figure, path: str | os.PathLike, title: str) -> Path:
         fig.suptitle(title)
     save_figure(fig, path)
     return Path(path)
-
-
-def plot_wtw(W: np.ndarray, b: np.ndarray, path: str | os.PathLike, title: str = "") -> Path:
-    """Heatmap of W Wᵀ (the paper's WᵀW) with the bias as a narrow column, one colour scale."""
-    W = np.asarray(W, dtype=float).reshape(len(W), -1)
-    b = np.asarray(b, dtype=float).reshape(-1, 1)
-    gram = W @ W.T
-    n = gram.shape[0]
-    vmax = float(np.nanmax(np.abs(np.concatenate([gram.ravel(), b.ravel(), [0.0]]))))
-    vmax = vmax if vmax > 0 else 1.0
-    size = float(np.clip(0.22 * n + 2.0, 3.0, 12.0))
-    fig, (ax, ax_b) = plt.subplots(
-        1,
-        2,
-        figsize=(size + 1.6, size),
-        layout="constrained",
-        gridspec_kw={"width_ratios": [n, max(1.0, n / 20)]},
-    )
-    kw = {"cmap": "RdBu", "vmin": -vmax, "vmax": vmax, "interpolation": "nearest"}
-    im = ax.imshow(gram, **kw)
-    ax_b.imshow(b, aspect="auto", **kw)
-    ax.set(xlabel="feature j", ylabel="feature i", title="W Wᵀ")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax_b.set(xticks=[], yticks=[], title="b", ylim=ax.get_ylim())
-    fig.colorbar(im, ax=[ax, ax_b], shrink=0.9)
-    return _finish(fig, path, title)
-
-
-def plot_feature_norms(
-    norms: np.ndarray, interference: np.ndarray, path: str | os.PathLike, title: str = ""
-) -> Path:
-    """Horizontal bars of ‖W_i‖ (feature 0 on top) coloured by Σ_{j≠i}(Ŵ_i·W_j)²."""
-    norms = np.asarray(norms, dtype=float).ravel()
-    interference = np.nan_to_num(np.asarray(interference, dtype=float).ravel(), nan=0.0)
-    n = norms.size
-    cmap, norm = plt.get_cmap("inferno"), Normalize(0.0, 1.0, clip=True)
-    fig, ax = plt.subplots(
-        figsize=(5.5, float(np.clip(0.22 * n + 1.2, 3.2, 14.0))), layout="constrained"
-    )
-    ax.barh(np.arange(n), norms, color=cmap(norm(interference)), edgecolor="0.5", linewidth=0.4)
-    ax.set_ylim(n - 0.5, -0.5)
-    ax.set_xlim(0.0, max(1.1, float(np.nanmax(norms, initial=0.0)) * 1.05))
-    ax.axvline(1.0, color="0.6", linestyle=":", linewidth=0.8)
-    ax.set(xlabel=r"$\|W_i\|$", ylabel="feature i")
-    if n <= 40:
-        ax.set_yticks(np.arange(n))
-    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, extend="max")
-    cbar.set_ticks([0.0, 0.5, 1.0], labels=["0 orthogonal", "0.5", "≥1 superposed"])
-    cbar.set_label(r"interference $\sum_{j\neq i}(\hat{W}_i\cdot W_j)^2$")
-    return _finish(fig, path, title)
 
 
 def plot_dimensionality(
@@ -143,48 +91,6 @@ def plot_dimensionality(
     ax.set_xlabel("1 / (1 − S)  (1 / feature probability)")
     ax.set_ylabel(r"feature dimensionality $D_i$")
     ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=3, fontsize=8, frameon=False)
-    return _finish(fig, path, title)
-
-
-def plot_neuron_stack(W: np.ndarray, path: str | os.PathLike, title: str = "") -> Path:
-    """Per-neuron stacked bars of feature weights (positive up, negative down), by feature."""
-    W = np.asarray(W, dtype=float).reshape(len(W), -1)
-    n_features, n_hidden = W.shape
-    order = np.argsort(np.argmax(np.abs(W), axis=0), kind="stable")
-    Ws = W[:, order]
-    colors = plt.get_cmap("viridis")(np.linspace(0.0, 0.92, max(n_features, 2)))[:n_features]
-    fig, ax = plt.subplots(
-        figsize=(float(np.clip(0.45 * n_hidden + 2.5, 4.0, 16.0)), 4.5), layout="constrained"
-    )
-    x = np.arange(n_hidden)
-    # Stack offsets for every (feature, neuron) segment at once; one PolyCollection draws them
-    # all (hundreds of ax.bar calls took ~10 s for the 100 x 40 abs-value model).
-    pos, neg = np.clip(Ws, 0, None), np.clip(Ws, None, 0)
-    pos_bottom = np.vstack([np.zeros(n_hidden), np.cumsum(pos, axis=0)[:-1]])
-    neg_bottom = np.vstack([np.zeros(n_hidden), np.cumsum(neg, axis=0)[:-1]])
-    polys, facecolors = [], []
-    for heights, bottoms in ((pos, pos_bottom), (neg, neg_bottom)):
-        for i, j in zip(*np.nonzero(heights)):
-            x0, y0, h = x[j] - 0.4, bottoms[i, j], heights[i, j]
-            polys.append([(x0, y0), (x0 + 0.8, y0), (x0 + 0.8, y0 + h), (x0, y0 + h)])
-            facecolors.append(colors[i])
-    ax.add_collection(
-        PolyCollection(polys, facecolors=facecolors, edgecolors="white", linewidths=0.5)
-    )
-    pos_bottom, neg_bottom = pos.sum(axis=0), neg.sum(axis=0)
-    ax.axhline(0.0, color="black", linewidth=0.8)
-    ax.set_xticks(x, [str(j) for j in order], fontsize=8 if n_hidden <= 40 else 5)
-    ax.set(xlabel="hidden neuron (sorted by strongest feature)", ylabel="weight W[i, neuron]")
-    ax.set_xlim(-0.6, n_hidden - 0.4)
-    lo, hi = float(neg_bottom.min(initial=0.0)), float(pos_bottom.max(initial=0.0))
-    pad = 0.05 * (hi - lo) if hi > lo else 1.0
-    ax.set_ylim(lo - pad, hi + pad)
-    cmap = ListedColormap(colors)
-    sm = ScalarMappable(norm=Normalize(-0.5, n_features - 0.5), cmap=cmap)
-    cbar = fig.colorbar(sm, ax=ax, pad=0.02)
-    step = max(1, n_features // 10)
-    cbar.set_ticks(np.arange(0, n_features, step))
-    cbar.set_label("feature i (0 = most important)")
     return _finish(fig, path, title)
 
 
@@ -324,7 +230,8 @@ def plot_feature_norms_grid(
 def plot_neuron_stack_grid(
     W: np.ndarray, titles: list[str], path: str | os.PathLike, title: str = ""
 ) -> Path:
-    """Per-neuron stacked feature weights (``plot_neuron_stack``), one panel per instance."""
+    """Per-neuron stacked bars of feature weights (positive up, negative down, neurons sorted
+    by their strongest feature), one panel per instance."""
     W = np.asarray(W, dtype=float)
     n_features, n_hidden = W.shape[1:]
     fig, axes = _grid(len(W), (float(np.clip(0.3 * n_hidden + 1.5, 2.5, 10.0)), 2.6))
