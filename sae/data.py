@@ -8,8 +8,6 @@ global batch without talking to each other, and a resumed run sees the batches i
 from __future__ import annotations
 
 import os
-import queue
-import threading
 from collections.abc import Callable
 from typing import Protocol
 
@@ -18,6 +16,7 @@ import torch
 from torch import Tensor
 
 from sae.activations import ActivationFile
+from sae.run.prefetch import BlockPrefetcher, spare_cpu_core
 from sae.run.seeding import epoch_permutation_seed, sample_seed, shard_seed
 
 
@@ -58,10 +57,8 @@ class FileSource:
       memory), so they are copied to the device once and each block is one ``index_select``
       there, with the epoch's permutation on the device too;
     - streamed: a background thread gathers upcoming blocks from the memory map (into pinned
-      memory for a GPU) while the device trains, ``PREFETCH_DEPTH`` steps ahead.
+      memory for a GPU) while the device trains (``sae.run.prefetch``).
     """
-
-    PREFETCH_DEPTH = 4
 
     def __init__(
         self,
@@ -85,7 +82,8 @@ class FileSource:
         self._cached: tuple[int, np.ndarray] = (-1, np.empty(0, dtype=np.int64))
         self._resident: Tensor | None = None
         self._device_perm: tuple[int, Tensor] | None = None
-        self._stream: _Prefetcher | None = None
+        self._stream: BlockPrefetcher | None = None
+        self._stream_size = 0
 
     @property
     def mode(self) -> str:
@@ -103,7 +101,15 @@ class FileSource:
         if self.n_train * self.d * 4 <= _budget_bytes(device, self.resident_budget_gb):
             self._resident = self.file.rows(slice(0, self.n_train)).to(device)
         else:
-            self._stream = _Prefetcher(self, device, shards, size, first_step, end_step)
+            pin = device.type == "cuda"
+            self._stream_size = size
+            self._stream = BlockPrefetcher(
+                lambda step, shard: self.gather(step, shard, size, pin),
+                shards,
+                first_step,
+                end_step,
+                "sae-prefetch",
+            )
 
     def close(self) -> None:
         if self._stream is not None:
@@ -132,8 +138,8 @@ class FileSource:
     def block(self, step: int, shard: int, size: int, device: torch.device) -> Tensor:
         if self._resident is not None:
             return self._resident_block(step, shard, size)
-        if self._stream is not None:
-            rows = self._stream.take(step, shard, size)
+        if self._stream is not None and size == self._stream_size:
+            rows = self._stream.take(step, shard)
             if rows is not None:
                 return rows.to(device, non_blocking=True)
         return self.gather(step, shard, size).to(device, non_blocking=True)
@@ -180,61 +186,11 @@ def _budget_bytes(device: torch.device, budget_gb: float | None) -> float:
     return pages / 2
 
 
-class _Prefetcher:
-    """Gathers the blocks of the coming steps on a background thread, in step order."""
-
-    def __init__(
-        self,
-        source: FileSource,
-        device: torch.device,
-        shards: range,
-        size: int,
-        first_step: int,
-        end_step: int,
-    ) -> None:
-        self.queue: queue.Queue = queue.Queue(maxsize=source.PREFETCH_DEPTH * len(shards))
-        self._stop = threading.Event()
-        pin = device.type == "cuda"
-        keys = ((step, shard) for step in range(first_step, end_step) for shard in shards)
-
-        def work() -> None:
-            for step, shard in keys:
-                item = ((step, shard, size), source.gather(step, shard, size, pin))
-                while not self._stop.is_set():
-                    try:
-                        self.queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
-
-        self._thread = threading.Thread(target=work, name="sae-prefetch", daemon=True)
-        self._thread.start()
-
-    def take(self, step: int, shard: int, size: int) -> Tensor | None:
-        """The block of (step, shard), or None when the stream is not at it (then the caller
-        reads it directly)."""
-        while True:
-            try:
-                key, rows = self.queue.get(timeout=1.0)
-            except queue.Empty:
-                if not self._thread.is_alive():
-                    return None
-                continue
-            if key == (step, shard, size):
-                return rows
-            if key[:2] > (step, shard):  # asked for something already passed: read directly
-                return None
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
 class GeneratedSource:
     """Fresh activations from a generator function ``draw(n, torch.Generator) -> [n, d]`` on the
-    training device (e.g. a toy model run live): infinite data, never repeated."""
+    training device (e.g. a toy model run live): infinite data, never repeated. On a CPU with a
+    core to spare, the blocks of the coming steps are drawn on a background thread (the same
+    blocks: each comes from its own seed)."""
 
     def __init__(
         self,
@@ -247,6 +203,8 @@ class GeneratedSource:
         self._to_device = to_device
         self._generator: torch.Generator | None = None
         self._device: torch.device | None = None
+        self._ahead: BlockPrefetcher | None = None
+        self._ahead_size = 0
 
     def _gen(self, device: torch.device, seed: int) -> torch.Generator:
         if self._device != device:
@@ -259,12 +217,28 @@ class GeneratedSource:
     def prepare(
         self, device: torch.device, shards: range, size: int, first_step: int, end_step: int
     ) -> None:
-        """Nothing to do: blocks are drawn on the device when asked for."""
+        """Blocks are drawn on the device when asked for, or ahead on a spare CPU core."""
+        self.close()
+        self._gen(device, self.seed)  # moves the generator's model to the device first
+        if spare_cpu_core(device):
+            ahead = torch.Generator(device=device)  # the thread's own: blocks reseed it
+
+            def produce(step: int, shard: int) -> Tensor:
+                return self.draw(size, ahead.manual_seed(shard_seed(self.seed, step, shard)))
+
+            self._ahead_size = size
+            self._ahead = BlockPrefetcher(produce, shards, first_step, end_step, "sae-draw")
 
     def close(self) -> None:
-        """Nothing to release."""
+        if self._ahead is not None:
+            self._ahead.stop()
+        self._ahead = None
 
     def block(self, step: int, shard: int, size: int, device: torch.device) -> Tensor:
+        if self._ahead is not None and size == self._ahead_size and device == self._device:
+            rows = self._ahead.take(step, shard)
+            if rows is not None:
+                return rows
         return self.draw(size, self._gen(device, shard_seed(self.seed, step, shard)))
 
     def sample(self, n: int, seed: int, device: torch.device) -> Tensor:

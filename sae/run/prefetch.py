@@ -1,0 +1,96 @@
+"""Data blocks of the coming steps, made on a background thread while the current step trains.
+
+Every block of a run is a pure function of (step, shard) (its seed or its rows come from
+``sae.run.seeding``), so a producer thread can make them ahead of time in step order and the
+batches stay exactly the ones the training step would have made itself. Two users:
+
+- a streamed activation file (``sae.data.FileSource``): rows gathered from the memory map;
+- data drawn on the CPU (toy-model features, a toy model run live for an SAE): the draw, up to
+  half of a toy step, runs on a second core (torch releases the GIL inside its kernels).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+DEPTH = 4
+"""Steps the producer may run ahead of training."""
+
+
+def spare_cpu_core(device: torch.device) -> bool:
+    """Whether drawing CPU data on a background thread can run beside training: the device is
+    the CPU and the compute threads of every training process (all on this machine, as CPU
+    DDP runs are) leave a core free."""
+    dist = torch.distributed
+    processes = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    cores = os.cpu_count() or 1
+    return device.type == "cpu" and cores > torch.get_num_threads() * processes
+
+
+class BlockPrefetcher:
+    """Calls ``produce(step, shard)`` for steps ``first_step`` to ``end_step - 1`` (each of
+    ``shards`` per step) on a background thread, ``DEPTH`` steps ahead, and hands the blocks
+    out in that order with ``take``."""
+
+    def __init__(
+        self,
+        produce: Callable[[int, int], Tensor],
+        shards: range,
+        first_step: int,
+        end_step: int,
+        name: str = "data-prefetch",
+    ) -> None:
+        self.queue: queue.Queue = queue.Queue(maxsize=DEPTH * len(shards))
+        self._stop = threading.Event()
+        self._next: tuple[tuple[int, int], Tensor] | None = None
+        keys = ((step, shard) for step in range(first_step, end_step) for shard in shards)
+
+        def work() -> None:
+            for key in keys:
+                try:
+                    item = (key, produce(*key))
+                except Exception:  # noqa: BLE001 - the caller remakes the block and reports it
+                    return
+                while not self._stop.is_set():
+                    try:
+                        self.queue.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set():
+                    return
+
+        self._thread = threading.Thread(target=work, name=name, daemon=True)
+        self._thread.start()
+
+    def take(self, step: int, shard: int) -> Tensor | None:
+        """The block of (step, shard), or None when the producer is not at it (it stopped, or
+        the caller asks for a block it already passed): then the caller makes the block
+        itself, and a producer that failed fails there again, with its error, in the caller's
+        thread."""
+        while True:
+            if self._next is not None:
+                key, block = self._next
+            else:
+                try:
+                    key, block = self.queue.get(timeout=1.0)
+                except queue.Empty:
+                    if not self._thread.is_alive():
+                        return None
+                    continue
+            self._next = None
+            if key == (step, shard):
+                return block
+            if key > (step, shard):  # kept for the call that asks for it
+                self._next = (key, block)
+                return None
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)

@@ -1,0 +1,106 @@
+"""Blocks made ahead on a background thread are the blocks the step would have made itself:
+the prefetcher's order and fallbacks, toy training with and without drawing ahead, and an SAE
+fed by a live toy model with and without it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from test_engine import _assert_same_run, _toy
+
+import sae.data
+import toymodels.lightning_module
+from sae.data import GeneratedSource
+from sae.run.prefetch import BlockPrefetcher, spare_cpu_core
+
+
+def test_blocks_come_in_step_order_and_a_skipped_block_falls_back() -> None:
+    made: list[tuple[int, int]] = []
+
+    def produce(step: int, shard: int) -> torch.Tensor:
+        made.append((step, shard))
+        return torch.tensor([step, shard])
+
+    ahead = BlockPrefetcher(produce, range(1, 3), first_step=5, end_step=9)
+    try:
+        assert ahead.take(5, 1).tolist() == [5, 1]
+        assert ahead.take(5, 2).tolist() == [5, 2]
+        assert ahead.take(7, 2).tolist() == [7, 2]  # 6 and 7/1 were not asked for: dropped
+        assert ahead.take(6, 1) is None  # already passed: the caller makes it
+        assert ahead.take(8, 1).tolist() == [8, 1]
+        assert ahead.take(8, 2).tolist() == [8, 2]
+        assert ahead.take(9, 1) is None  # past the end: the producer has stopped
+    finally:
+        ahead.stop()
+    assert made == [(s, k) for s in range(5, 9) for k in (1, 2)]
+
+
+def test_a_failing_producer_leaves_the_block_to_the_caller() -> None:
+    def produce(step: int, shard: int) -> torch.Tensor:
+        raise ValueError("bad block")
+
+    ahead = BlockPrefetcher(produce, range(1), 0, 10)
+    try:
+        assert ahead.take(0, 0) is None
+    finally:
+        ahead.stop()
+
+
+def test_spare_core_only_on_a_cpu_with_threads_to_spare(monkeypatch) -> None:
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    assert spare_cpu_core(torch.device("cpu"))
+    assert not spare_cpu_core(torch.device("cuda", 0))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    assert not spare_cpu_core(torch.device("cpu"))
+
+
+def _count_takes(monkeypatch) -> list[int]:
+    """Force drawing ahead on and count the blocks training took from the thread."""
+    taken: list[int] = []
+    original = BlockPrefetcher.take
+
+    def take(self, step: int, shard: int):
+        block = original(self, step, shard)
+        taken.append(block is not None)
+        return block
+
+    monkeypatch.setattr(BlockPrefetcher, "take", take)
+    return taken
+
+
+def test_toy_training_drawing_ahead_equals_drawing_in_the_step(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(toymodels.lightning_module, "spare_cpu_core", lambda device: False)
+    inline = _toy(tmp_path / "inline", None)
+    monkeypatch.setattr(toymodels.lightning_module, "spare_cpu_core", lambda device: True)
+    taken = _count_takes(monkeypatch)
+    ahead = _toy(tmp_path / "ahead", None)
+    assert len(taken) == 95 and sum(taken) >= 90  # the thread made (nearly) every block
+    _assert_same_run(tmp_path / "inline", tmp_path / "ahead")
+    inline.pop("throughput")
+    ahead.pop("throughput")
+    assert inline == ahead
+
+
+@pytest.mark.parametrize("drawn_ahead", [False, True])
+def test_generated_source_blocks_are_the_same_drawn_ahead(monkeypatch, drawn_ahead) -> None:
+    weights = torch.randn(6, 4, generator=torch.Generator().manual_seed(0))
+
+    def draw(n: int, generator: torch.Generator) -> torch.Tensor:
+        return torch.relu(torch.rand(n, 6, generator=generator) @ weights)
+
+    monkeypatch.setattr(sae.data, "spare_cpu_core", lambda device: drawn_ahead)
+    taken = _count_takes(monkeypatch)
+    cpu = torch.device("cpu")
+    source, reference = GeneratedSource(draw, 4, seed=3), GeneratedSource(draw, 4, seed=3)
+    source.prepare(cpu, range(0, 2), 16, first_step=2, end_step=6)
+    try:
+        for step in range(2, 6):
+            for shard in range(2):
+                expected = reference.block(step, shard, 16, cpu)
+                assert torch.equal(source.block(step, shard, 16, cpu), expected)
+    finally:
+        source.close()
+    assert sum(taken) == (8 if drawn_ahead else 0)
