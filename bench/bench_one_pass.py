@@ -105,17 +105,28 @@ PLOTTED = (
 """The variants the figure shows (the others are in the table)."""
 
 
-def write_data(path: Path, rows: int, n_features: int, d: int) -> None:
+def write_data(
+    path: Path, rows: int, n_features: int, d: int, data_seed: int | None = None
+) -> None:
     from bench_select import DATA_SEED, zipf_correlated
+
+    seed = DATA_SEED if data_seed is None else data_seed
 
     from sae.activations import write_activation_file
 
     xs, directions = [], None
+    # DATA_SEED's rows are those of the first measurements; other data seeds get other rows
     for chunk in range(0, rows, 100_000):
         n = min(100_000, rows - chunk)
-        # the same directions and copula for every chunk (DATA_SEED); the rows differ by chunk
+        # the same directions and copula for every chunk (the data seed); the rows differ by chunk
         x, directions, _, _ = zipf_correlated(
-            n_features, d, n, seed=DATA_SEED, p_max=0.25, alpha=0.7, row_seed=1 + chunk
+            n_features,
+            d,
+            n,
+            seed=seed,
+            p_max=0.25,
+            alpha=0.7,
+            row_seed=1 + chunk + 10**7 * (seed - DATA_SEED),
         )
         xs.append(x)
     write_activation_file(
@@ -161,6 +172,242 @@ def run_variant(name: str, variant: dict, data: Path, out: Path, args) -> dict:
     return {"steps": steps, "seconds": seconds, "mcc": dict(zip(map(str, args.l1), mcc))}
 
 
+RECIPES: dict[str, dict] = {
+    # configs/sae/default.yaml and lambda_sweep.yaml before the switch
+    "constrained, lr 1e-3 (old default.yaml)": {
+        "sae": {"recipe": "constrained", "b_dec_init": "geometric_median"},
+        "lr": 1e-3,
+        "train": {"lr_warmup_steps": 100},
+        "resample": {"method": "anthropic", "every": 1000, "window": 500, "stop_after": 3500},
+    },
+    # sae/config.py's code defaults before the switch
+    "april2024, lr 1e-3 (old code defaults)": {
+        "sae": {"recipe": "april2024", "b_dec_init": "geometric_median"},
+        "lr": 1e-3,
+        "train": {},
+        "resample": {"method": "none"},
+    },
+    # configs/sae/one_pass.yaml
+    "april2024, lr 1e-2, warm-ups (one_pass.yaml)": {
+        "sae": {"recipe": "april2024", "b_dec_init": "geometric_median"},
+        "lr": 1e-2,
+        "train": {"lr_warmup_steps": 200, "l1_warmup_steps": 50},
+        "resample": {"method": "none"},
+    },
+    # configs/sae/default.yaml after the switch: the one-pass recipe with default.yaml's
+    # resampling (never fires within one pass of 976 steps)
+    "april2024, lr 1e-2, warm-ups, resampling (new default.yaml)": {
+        "sae": {"recipe": "april2024", "b_dec_init": "geometric_median"},
+        "lr": 1e-2,
+        "train": {"lr_warmup_steps": 200, "l1_warmup_steps": 50},
+        "resample": {"method": "anthropic", "every": 1000, "window": 500, "stop_after": 3500},
+    },
+}
+"""The recipes ``--compare`` trains on every data set (each with the same λ grid and steps)."""
+
+CURVE_RECIPES = list(RECIPES)[:3]
+"""The recipes ``--curves`` draws (the fourth equals the third within one pass)."""
+
+COMPARE_SETS = [
+    "planted_p0.03",
+    "planted_p0.1",
+    "zipf_correlated",
+    "toy_relu_output",
+    "toy_relu_output_p0.2",
+    "toy_relu_hidden",
+    "zipf512_seed1000",
+    "zipf512_seed1001",
+    "zipf512_seed1002",
+]
+"""bench_select.py's data sets (widths n and 2n in one run) and the 512-feature Zipf set
+(width 512) at three data seeds."""
+
+
+def held_out_scores(folder: Path, data: Path, first_row: int, rows: int = 16_384) -> dict:
+    """MCC (over the represented features), explained variance and L0 of one SAE on held-out
+    rows."""
+    from sae.activations import ActivationFile
+    from sae.io import load_sae
+    from sae.metrics import evaluate_dictionary
+
+    file = ActivationFile(data)
+    loaded = load_sae(folder)
+    truth, represented = file.tensor("ground_truth"), file.tensor("represented")
+    scores = evaluate_dictionary(truth, loaded.W_dec, represented)
+    mcc = (scores.represented or scores.all).mcc
+    x = file.rows(slice(first_row, min(file.n_rows, first_row + rows))).double()
+    with torch.no_grad():
+        out = loaded.batched().double()(x)
+    x_hat, codes = out.x_hat[0], out.codes[0]
+    var = x.square().sum(-1).mean() - x.mean(0).square().sum()
+    ev = 1 - (x - x_hat).square().sum(-1).mean() / var
+    return {"mcc": float(mcc), "ev": float(ev), "l0": float((codes > 0).sum(-1).float().mean())}
+
+
+def compare(args) -> None:
+    """Every recipe of RECIPES on every data set of ``--datasets``, ``--steps`` steps each (0:
+    one pass over the training rows), a λ sweep in one batched run."""
+    from bench_select import DATA_SEED, write_dataset
+    from synthetic import file_source, sae_config
+
+    from sae.train import train_saes
+
+    results_path = args.out / "compare.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    for kind in args.datasets:
+        folder = args.out / kind
+        folder.mkdir(parents=True, exist_ok=True)
+        data = folder / "acts.safetensors"
+        meta_path = folder / "meta.json"
+        if not meta_path.exists():
+            if kind.startswith("zipf512"):
+                seed = int(kind.partition("_seed")[2] or DATA_SEED)
+                write_data(data, args.rows, 512, 128, seed)
+                meta = {"n_features": 512, "d": 128}
+            else:
+                meta = write_dataset(kind, data, args.rows)
+            meta_path.write_text(json.dumps(meta))
+        meta = json.loads(meta_path.read_text())
+        n = meta["n_features"]
+        widths = [n] if n >= 512 else [n, 2 * n]
+        lams = args.zipf512_l1 if n >= 512 else args.l1
+        grid = [(lam, w) for w in widths for lam in lams]
+        train_rows = int(args.rows / 1.1)
+        for recipe, r in RECIPES.items():
+            if recipe not in (args.recipes or RECIPES):
+                continue
+            steps = args.steps or train_rows // 1024
+            key = f"{kind} | {recipe} | {steps}"
+            if key in results:
+                continue
+            config = sae_config(
+                sae=r["sae"] | {"d_sae": None},
+                sweep={
+                    "l1_coefficient": [g[0] for g in grid],
+                    "d_sae": [g[1] for g in grid],
+                    "lr": [r["lr"]],
+                    "seed": [0],
+                },
+                train=r["train"]
+                | {"steps": steps, "batch_size": 1024, "log_every": 500, "checkpoint_every": 10**9},
+                resample=r["resample"],
+                data={"activations": str(data), "holdout_fraction": 1 - train_rows / args.rows},
+            )
+            slug = "".join(c if c.isalnum() else "_" for c in f"{recipe}_{steps}")
+            start = time.perf_counter()
+            folders = train_saes(config, file_source(data, config), folder / slug)
+            seconds = time.perf_counter() - start
+            per_sae = [
+                {"l1": lam, "d_sae": w} | held_out_scores(f, data, train_rows)
+                for (lam, w), f in zip(grid, folders)
+            ]
+            results[key] = {"seconds": seconds, "saes": per_sae}
+            results_path.write_text(json.dumps(results, indent=2))
+            best = max(per_sae, key=lambda e: e["mcc"])
+            print(f"{key}: best MCC {best['mcc']:.3f} ({best}) in {seconds:.0f} s", flush=True)
+    print(compare_table(results))
+
+
+def compare_table(results: dict) -> str:
+    """Per data set and recipe: the best MCC over the λ × width grid, with that SAE's EV, L0."""
+    lines = [
+        "| data set | recipe | steps | best MCC | λ, width | EV | L0 | s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, r in results.items():
+        kind, recipe, steps = key.split(" | ")
+        b = max(r["saes"], key=lambda e: e["mcc"])
+        lines.append(
+            f"| {kind} | {recipe} | {steps} | {b['mcc']:.3f} | {b['l1']:g}, {b['d_sae']} | "
+            f"{b['ev']:.3f} | {b['l0']:.1f} | {r['seconds']:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def curves(args) -> None:
+    """MCC against samples seen during one pass over the 512-feature Zipf set, for every recipe
+    of ``--recipes`` (a λ sweep each; the decoder is copied every ``runtime.steps_per_call``
+    steps and scored after training). Writes ``curves.json`` and the figure ``--figure``."""
+    from synthetic import file_source, sae_config
+
+    from sae.activations import ActivationFile
+    from sae.lightning_module import SAEModule
+    from sae.metrics import evaluate_dictionary
+    from sae.run.engine import ChunkCallback
+    from sae.run.fit import fit
+
+    data = args.out / "zipf512.safetensors"
+    if not data.exists():
+        write_data(data, args.rows, 512, 128)
+    truth = ActivationFile(data).tensor("ground_truth")
+    train_rows = int(args.rows / 1.1)
+    steps = train_rows // 1024
+    results_path = args.out / "curves.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+
+    class Snapshots(ChunkCallback):
+        def __init__(self) -> None:
+            self.steps: list[int] = []
+            self.decoders: list[torch.Tensor] = []
+
+        def on_chunk_end(self, trainer, module, out) -> None:
+            self.steps.append(trainer.global_step)
+            self.decoders.append(module.sae.decoder.detach().clone())
+
+    for recipe in args.recipes or CURVE_RECIPES:
+        if recipe in results:
+            continue
+        r = RECIPES[recipe]
+        config = sae_config(
+            sae=r["sae"] | {"d_sae": 512},
+            sweep={"l1_coefficient": args.zipf512_l1, "lr": [r["lr"]], "seed": [0]},
+            train=r["train"]
+            | {"steps": steps, "batch_size": 1024, "log_every": 500, "checkpoint_every": 10**9},
+            resample=r["resample"],
+            data={"activations": str(data), "holdout_fraction": 1 - train_rows / args.rows},
+            runtime={"steps_per_call": 16},
+        )
+        source = file_source(data, config)
+        module = SAEModule(config, source.d, source)
+        snaps = Snapshots()
+        start = time.perf_counter()
+        fit(module, config, args.out / "curve_run", False, [snaps])
+        seconds = time.perf_counter() - start
+        source.close()
+        mcc = {
+            f"{lam:g}": [float(evaluate_dictionary(truth, d[k]).all.mcc) for d in snaps.decoders]
+            for k, lam in enumerate(args.zipf512_l1)
+        }
+        results[recipe] = {"steps": snaps.steps, "batch_size": 1024, "mcc": mcc, "s": seconds}
+        results_path.write_text(json.dumps(results, indent=2))
+        final = {lam: round(v[-1], 3) for lam, v in mcc.items()}
+        print(f"{recipe}: final MCC {final} in {seconds:.0f} s", flush=True)
+    plot_curves(results, args.figure)
+
+
+def plot_curves(results: dict, out: Path) -> None:
+    """One line per recipe: the λ with the highest MCC at the end of the pass."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sae.run.files import save_figure
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for recipe, r in results.items():
+        lam = max(r["mcc"], key=lambda k: r["mcc"][k][-1])
+        samples = [s * r["batch_size"] / 1e6 for s in r["steps"]]
+        ax.plot(samples, r["mcc"][lam], label=f"{recipe}, λ={lam}")
+    ax.axhline(0.95, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("training samples seen (millions); one pass = 1M")
+    ax.set_ylabel("MCC (512 true features)")
+    ax.set_ylim(0, 1)
+    ax.set_title("One pass, 512 Zipf-firing correlated features in 128 dims")
+    ax.legend(fontsize=8, loc="lower right")
+    save_figure(fig, out)
+
+
 def plot(results_files: list[Path], out: Path) -> None:
     """MCC against λ for every variant found in ``results_files`` (their λ grids merged)."""
     import matplotlib
@@ -203,12 +450,35 @@ def main() -> None:
         help="Only draw MCC against λ from --results files into this PNG.",
     )
     ap.add_argument("--results", nargs="*", type=Path, default=[])
+    ap.add_argument(
+        "--compare",
+        action="store_true",
+        help="Train RECIPES on --datasets instead of the variants on the Zipf set.",
+    )
+    ap.add_argument(
+        "--curves",
+        action="store_true",
+        help="MCC against samples seen for --recipes on the Zipf set, drawn into --figure.",
+    )
+    ap.add_argument("--figure", type=Path, default=Path("docs/figures/one_pass_curves.png"))
+    ap.add_argument("--datasets", nargs="+", default=COMPARE_SETS)
+    ap.add_argument(
+        "--recipes", nargs="+", default=None, help="Names in RECIPES (default: all; --curves: 3)"
+    )
+    ap.add_argument("--steps", type=int, default=0, help="--compare: steps (0: one pass)")
+    ap.add_argument("--zipf512-l1", nargs="+", type=float, default=[0.05, 0.1, 0.2, 0.3])
     args = ap.parse_args()
     if args.plot is not None:
         plot(args.results, args.plot)
         return
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.compare:
+        compare(args)
+        return
+    if args.curves:
+        curves(args)
+        return
     data = args.out / "zipf512.safetensors"
     if not data.exists():
         write_data(data, args.rows, 512, 128)

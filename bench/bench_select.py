@@ -126,22 +126,25 @@ def train(path: Path, out: Path, n_features: int, args: argparse.Namespace) -> f
     widths = [n_features // 2, n_features, 2 * n_features]
     lams = args.l1
     grid = [(lam, w, s) for lam in lams for w in widths for s in range(args.seeds)]
+    # constrained: the recipe the selection rules were first measured with; default: the code
+    # defaults (april2024, lr 1e-2, LR and λ warm-ups)
+    old = args.recipe == "constrained"
     config = sae_config(
-        sae={"recipe": "constrained", "b_dec_init": "geometric_median"},
+        sae=({"recipe": "constrained"} if old else {}) | {"b_dec_init": "geometric_median"},
         data={"activations": str(path)},
         sweep={
             "l1_coefficient": [g[0] for g in grid],
             "d_sae": [g[1] for g in grid],
             "seed": [g[2] for g in grid],
-            "lr": [1e-3],
-        },
+        }
+        | ({"lr": [1e-3]} if old else {}),
         train={
             "steps": args.steps,
             "batch_size": 512,
-            "lr_warmup_steps": 100,
             "log_every": 500,
             "checkpoint_every": 10**9,
-        },
+        }
+        | ({"lr_warmup_steps": 100} if old else {}),
         resample={
             "method": args.resample,
             "every": args.steps // 4,
@@ -176,6 +179,12 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=60_000)
     ap.add_argument("--resample", default="anthropic", choices=["anthropic", "none"])
     ap.add_argument("--retrain", action="store_true", help="Train again over existing runs.")
+    ap.add_argument(
+        "--recipe",
+        default="constrained",
+        choices=["constrained", "default"],
+        help="constrained (lr 1e-3), or the code defaults (april2024, lr 1e-2, warm-ups)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
