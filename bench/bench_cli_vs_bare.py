@@ -135,6 +135,10 @@ def variants(args: argparse.Namespace, acts: Path | None, sae: list[str]) -> lis
                 f"sweep.l1_coefficient=[{SAE_L1}]",
                 f"train.steps={n}",
                 f"train.batch_size={SAE_BATCH}",
+                # the bare loop's optimizer: lr 1e-3, no warm-ups (not the code defaults)
+                "sweep.lr=[0.001]",
+                "train.lr_warmup_steps=0",
+                "train.l1_warmup_steps=0",
             ):
                 project += ["--set", s]
             project += sets

@@ -128,6 +128,9 @@ def project_run(acts: Path, warmup: int, steps: int, threads: int, extra: list[s
         "sweep.seed=[0]",
         f"train.steps={total}",
         f"train.batch_size={BATCH}",
+        # no warm-ups, as measured before the defaults had them (the SAELens run sets none)
+        "train.lr_warmup_steps=0",
+        "train.l1_warmup_steps=0",
         f"runtime.threads={threads}",
         "runtime.progress_bar=false",
         "wandb.enabled=false",

@@ -158,6 +158,7 @@ def test_wandb_offline_run_holds_the_logged_metrics(acts, tmp_path, capsys) -> N
         "train", "--activations", acts, "--out", out,
         "--set", "sae.d_sae=16", "--set", "sweep.l1_coefficient=[0.1, 0.5]",
         "--set", "train.steps=40", "--set", "train.batch_size=64", "--set", "train.log_every=10",
+        "--set", "train.l1_warmup_steps=0",  # the logged λ is the full λ from the first log
         "--set", "runtime.progress_bar=false",
         "--set", "wandb.enabled=true", "--set", "wandb.mode=offline",
         "--set", "wandb.project=sae-tests",
