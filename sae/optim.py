@@ -35,37 +35,114 @@ class InstanceAdam(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        groups = [[p for p in g["params"] if p.grad is not None] for g in self.param_groups]
+        params = [p for live in groups for p in live]
         if not params:
             return loss
         if self.instance_lr.device != params[0].device:  # once: no host-to-device copy a step
             self.instance_lr = self.instance_lr.to(params[0].device)
-        lr_vec = self.instance_lr
         if self.max_grad_norm is not None:
-            sq = sum(p.grad.square().flatten(1).sum(1) for p in params)
-            scale = (self.max_grad_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
-            for p in params:
-                p.grad.mul_(scale.view(-1, *([1] * (p.dim() - 1))))
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
+            self._clip(params)
+        for group, live in zip(self.param_groups, groups):
+            fused, steps = [], set()
+            for p in live:
                 state = self.state[p]
                 if not state:
                     state["step"] = 0  # a Python int: no device sync for bias correction
                     state["exp_avg"] = torch.zeros_like(p)
                     state["exp_avg_sq"] = torch.zeros_like(p)
                 state["step"] += 1
-                t = state["step"]
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.lerp_(p.grad, 1 - beta1)
-                v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
-                step_size = group["lr"] / (1 - beta1**t)
-                denom = (v / (1 - beta2**t)).sqrt_().add_(group["eps"])
-                rate = lr_vec.view(-1, *([1] * (p.dim() - 1))) * step_size
-                p.addcdiv_(m * rate, denom, value=-1.0)
+                if _fusable(p):
+                    fused.append(p)
+                    steps.add(state["step"])
+                else:
+                    self._update(group, p)
+            for t in steps:  # one step count in practice (parameters start together)
+                same = (
+                    fused if len(steps) == 1 else [p for p in fused if self.state[p]["step"] == t]
+                )
+                self._fused_update(group, same, t)
         return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """As torch's, without its per-call profiler record (a cost the size of a small step's
+        elementwise pass)."""
+        if not set_to_none:
+            super().zero_grad(set_to_none)
+            return
+        for group in self.param_groups:
+            for p in group["params"]:
+                p.grad = None
+
+    def _clip(self, params: list[Tensor]) -> None:
+        """Scale each instance's gradient (over all its parameters) to at most
+        ``max_grad_norm``, as ``torch.nn.utils.clip_grad_norm_`` would for that instance alone."""
+        grads = [p.grad for p in params]
+        if self.instance_lr.shape[0] == 1:  # one instance: torch's foreach norm and multiply
+            total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+            scale = (self.max_grad_norm / (total + 1e-6)).clamp_(max=1.0)
+            torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+            return
+        sq = sum(torch.linalg.vector_norm(g.flatten(1), dim=1).square_() for g in grads)
+        scale = (self.max_grad_norm / (sq.sqrt() + 1e-6)).clamp(max=1.0)
+        for g in grads:
+            g.mul_(scale.view(-1, *([1] * (g.dim() - 1))).to(g.dtype))
+
+    def _fused_update(self, group: dict, params: list[Tensor], t: int) -> None:
+        """torch's fused Adam kernel (one pass over all parameters, what
+        ``torch.optim.Adam(fused=True)`` calls), once per distinct instance rate: on whole
+        tensors when every instance has the same rate (the usual case), else on the rows of
+        the instances that share one. Per element the same arithmetic either way."""
+        beta1, beta2 = group["betas"]
+        states = [self.state[p] for p in params]
+        rates = self._rates()
+        step = torch.full((), float(t), device=params[0].device)
+        for rate, ks in rates.items():
+            if len(rates) == 1:
+                rows = [params, [p.grad for p in params]]
+                moments = [[s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states]]
+            else:
+                rows = [[p[k] for p in params for k in ks], [p.grad[k] for p in params for k in ks]]
+                moments = [
+                    [s[key][k] for s in states for k in ks] for key in ("exp_avg", "exp_avg_sq")
+                ]
+            torch._fused_adam_(
+                *rows,
+                *moments,
+                [],
+                [step] * len(rows[0]),
+                lr=group["lr"] * rate,
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=0.0,
+                eps=group["eps"],
+                amsgrad=False,
+                maximize=False,
+            )
+
+    def _rates(self) -> dict[float, list[int]]:
+        """The instances of each distinct rate in ``instance_lr``, read from the tensor once
+        (it changes only when replaced: moved to the device, ``load_state_dict``)."""
+        cached = getattr(self, "_rates_of", None)
+        if cached is None or cached[0] is not self.instance_lr:
+            rates: dict[float, list[int]] = {}
+            for k, rate in enumerate(self.instance_lr.tolist()):
+                rates.setdefault(rate, []).append(k)
+            self._rates_of = (self.instance_lr, rates)
+        return self._rates_of[1]
+
+    def _update(self, group: dict, p: Tensor) -> None:
+        """Adam for one parameter, op by op (dtypes or devices the fused kernel lacks)."""
+        beta1, beta2 = group["betas"]
+        state = self.state[p]
+        t = state["step"]
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.lerp_(p.grad, 1 - beta1)
+        v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+        step_size = group["lr"] / (1 - beta1**t)
+        denom = (v / (1 - beta2**t)).sqrt_().add_(group["eps"])
+        rate = self.instance_lr.to(p.dtype).view(-1, *([1] * (p.dim() - 1))) * step_size
+        p.addcdiv_(m * rate, denom, value=-1.0)
 
     @torch.no_grad()
     def reset_state(self, param: Tensor, mask: Tensor) -> None:
@@ -85,3 +162,15 @@ class InstanceAdam(torch.optim.Optimizer):
         state_dict = dict(state_dict)
         self.instance_lr = state_dict.pop("instance_lr", self.instance_lr).float()
         super().load_state_dict(state_dict)
+
+
+def _fusable(p: Tensor) -> bool:
+    """Whether torch's fused Adam kernel takes this parameter (and its gradient) as it is."""
+    return (
+        p.device.type in ("cpu", "cuda")
+        and p.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+        and p.grad is not None
+        and p.grad.dtype == p.dtype
+        and p.is_contiguous()
+        and p.grad.is_contiguous()
+    )

@@ -22,6 +22,8 @@ class Recipe:
     """The interface; ``Constrained`` and ``April2024`` implement it."""
 
     name: str
+    penalty: str
+    """The sparsity penalty's name in ``sae.loss.sae_forward`` (what ``sparsity`` computes)."""
     default_grad_clip: float | None
     """Per-instance gradient-norm clip when ``train.grad_clip`` is None."""
 
@@ -50,6 +52,7 @@ class Constrained(Recipe):
     component parallel to each row removed first; sparsity Σ f_i."""
 
     name = "constrained"
+    penalty = "sum"
     default_grad_clip = None
 
     def decoder_init_norm(self, configured: float) -> float:
@@ -76,6 +79,7 @@ class April2024(Recipe):
     per-instance gradient clipping at 1.0."""
 
     name = "april2024"
+    penalty = "decoder_norm"
     default_grad_clip = 1.0
 
     def decoder_init_norm(self, configured: float) -> float:

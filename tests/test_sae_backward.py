@@ -1,0 +1,168 @@
+"""The SAE's hand-written backward (sae.loss) against autograd of the plain formula, in float64:
+every recipe, tied and untied, with and without a width mask, one and several instances."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sae.loss import sae_forward
+from sae.model import SparseAutoencoder
+
+
+def _sae(recipe: str, tied: bool, widths: list[int] | None, dtype=torch.float64):
+    n = 3 if widths is None else len(widths)
+    d_sae = 10 if widths is None else max(widths)
+    sae = SparseAutoencoder(n, 6, d_sae, recipe, tied, seeds=list(range(n)), widths=widths)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in sae.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=g))
+        if sae.latent_mask is not None:  # a width sweep keeps its padded latents at 0
+            sae.W_enc.mul_(sae.latent_mask[:, None, :])
+            if sae.W_dec is not None:
+                sae.W_dec.mul_(sae.latent_mask[:, :, None])
+    return sae.to(dtype)
+
+
+def _grads(sae: SparseAutoencoder, x: torch.Tensor, forward, weights) -> dict[str, torch.Tensor]:
+    """Gradients of a loss that touches every output: Σ_i a_i rec_i + b_i sparsity_i
+    + ⟨c, x̂⟩ + ⟨e, f⟩ (the last two as a caller reading x̂ or the codes would)."""
+    sae.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    out = forward(x)
+    a, b, c, e = weights
+    loss = (a * out.reconstruction).sum() + (b * out.sparsity).sum()
+    loss = loss + (c * out.x_hat).sum() + (e * out.codes).sum()
+    loss.backward()
+    grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
+    return grads | {"x": x.grad.clone()}
+
+
+CASES = [
+    (recipe, tied, widths)
+    for recipe in ("april2024", "constrained")
+    for tied in (False, True)
+    for widths in (None, [4, 10, 7], [5])
+]
+
+
+@pytest.mark.parametrize(("recipe", "tied", "widths"), CASES)
+def test_outputs_and_gradients_equal_autograd(recipe, tied, widths) -> None:
+    sae = _sae(recipe, tied, widths)
+    n = sae.n_instances
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        fast, plain = sae(x), sae.reference_forward(x)
+    for name, a, b in zip(fast._fields, fast, plain):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12, msg=name)
+    assert (plain.codes > 0).float().mean() > 0.2  # the ReLU mask is neither empty nor full
+    assert (plain.codes > 0).float().mean() < 0.8
+    weights_list = [
+        # the training loss: rec + λ·sparsity per instance
+        (torch.ones(n), torch.tensor([0.3, 1.7, 0.05][:n]), 0.0, 0.0),
+        # every output weighted
+        (
+            torch.rand(n, generator=g, dtype=torch.float64),
+            torch.rand(n, generator=g, dtype=torch.float64),
+            torch.randn(n, 40, 6, generator=g, dtype=torch.float64),
+            torch.randn(n, 40, sae.d_sae, generator=g, dtype=torch.float64),
+        ),
+        # the codes alone (no reconstruction or sparsity gradient)
+        (0.0, 0.0, 0.0, torch.randn(n, 40, sae.d_sae, generator=g, dtype=torch.float64)),
+    ]
+    for weights in weights_list:
+        fast_g = _grads(sae, x, sae, weights)
+        plain_g = _grads(sae, x, sae.reference_forward, weights)
+        assert fast_g.keys() == plain_g.keys()
+        for name in fast_g:
+            assert fast_g[name].abs().max() > 0 or plain_g[name].abs().max() == 0
+            torch.testing.assert_close(fast_g[name], plain_g[name], rtol=1e-10, atol=1e-12)
+        if sae.latent_mask is not None:  # padded latents get no gradient
+            assert not fast_g["b_enc"][sae.latent_mask == 0].any()
+
+
+def test_a_zero_decoder_row_gets_no_nan() -> None:
+    """‖W_dec,i‖ = 0: autograd's norm gives a 0 gradient there, and so does sae.loss."""
+    sae = _sae("april2024", False, None)
+    with torch.no_grad():
+        sae.W_dec[1, 3] = 0
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    weights = (torch.ones(3), torch.ones(3), 0.0, 0.0)
+    fast_g = _grads(sae, x, sae, weights)
+    plain_g = _grads(sae, x, sae.reference_forward, weights)
+    for name in fast_g:
+        assert torch.isfinite(fast_g[name]).all()
+        torch.testing.assert_close(fast_g[name], plain_g[name], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_lower_precisions_match_autograd(dtype) -> None:
+    sae = _sae("april2024", False, [4, 10, 7], dtype)
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(3)).to(dtype)
+    weights = (torch.ones(3, dtype=dtype), torch.full((3,), 0.3, dtype=dtype), 0.0, 0.0)
+    fast_g = _grads(sae, x, sae, weights)
+    plain_g = _grads(sae, x, sae.reference_forward, weights)
+    tol = 1e-5 if dtype == torch.float32 else 5e-2
+    for name in fast_g:
+        assert fast_g[name].dtype == dtype
+        torch.testing.assert_close(fast_g[name], plain_g[name], rtol=tol, atol=tol)
+
+
+def test_unknown_penalty_is_refused() -> None:
+    sae = _sae("april2024", False, None)
+    with pytest.raises(ValueError, match="unknown penalty"):
+        sae_forward(torch.zeros(2, 6), sae.W_enc, sae.W_dec, sae.b_enc, sae.b_dec, None, "l2")
+
+
+def test_autocast_uses_the_plain_formula() -> None:
+    """Under bf16 autocast (runtime.precision bf16-mixed) the forward is autograd's, whose
+    graph follows the casts; gradients reach the float32 weights in float32."""
+    sae = _sae("april2024", False, None, torch.float32)
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(6))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae(x)
+        plain = sae.reference_forward(x)
+    assert out.codes.dtype == torch.bfloat16
+    torch.testing.assert_close(out.x_hat, plain.x_hat, rtol=0, atol=0)
+    (out.reconstruction + out.sparsity).sum().backward()
+    assert sae.W_enc.grad.dtype == torch.float32 and sae.W_enc.grad.abs().max() > 0
+
+
+def test_instance_adam_equals_torch_adam_per_instance_over_many_steps() -> None:
+    """InstanceAdam (fused kernel, per-rate groups, per-instance clip) against torch's Adam and
+    clip_grad_norm_ on each instance alone, 30 steps in float64; the op-by-op path (taken for a
+    parameter the fused kernel does not take as it is) gives the same numbers."""
+    from sae.optim import InstanceAdam
+
+    g = torch.Generator().manual_seed(0)
+    shapes = [(3, 4, 5), (3, 5), (3, 4)]
+    start = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
+    grads = [[torch.randn(s, generator=g, dtype=torch.float64) for s in shapes] for _ in range(30)]
+    rates = torch.tensor([1e-2, 1e-3, 1e-2])
+    fused = [torch.nn.Parameter(w.clone()) for w in start]
+    # A transposed (non-contiguous) copy of the first parameter forces the op-by-op path.
+    plain = [torch.nn.Parameter(start[0].transpose(1, 2).contiguous().transpose(1, 2))]
+    plain += [torch.nn.Parameter(w.clone()) for w in start[1:]]
+    assert not plain[0].is_contiguous()
+    opt_fused = InstanceAdam(fused, rates, max_grad_norm=1.0)
+    opt_plain = InstanceAdam(plain, rates, max_grad_norm=1.0)
+    alone = [[torch.nn.Parameter(w[k].clone()) for w in start] for k in range(3)]
+    torch_opts = [torch.optim.Adam(ps, lr=float(rates[k])) for k, ps in enumerate(alone)]
+    for step_grads in grads:
+        for params, opt in ((fused, opt_fused), (plain, opt_plain)):
+            for p, grad in zip(params, step_grads):
+                p.grad = grad.clone()
+            opt.step()
+            opt.zero_grad()
+        for k, (ps, opt) in enumerate(zip(alone, torch_opts)):
+            for p, grad in zip(ps, step_grads):
+                p.grad = grad[k].clone()
+            torch.nn.utils.clip_grad_norm_(ps, 1.0)
+            opt.step()
+    for i in range(len(shapes)):
+        assert not torch.equal(fused[i], start[i])
+        torch.testing.assert_close(fused[i].detach(), plain[i].detach(), rtol=1e-12, atol=1e-14)
+        for k in range(3):
+            torch.testing.assert_close(fused[i][k], alone[k][i], rtol=1e-12, atol=1e-14)
