@@ -144,7 +144,7 @@ def train(path: Path, out: Path, n_features: int, args: argparse.Namespace) -> f
             "log_every": 500,
             "checkpoint_every": 10**9,
         }
-        | ({"lr_warmup_steps": 100} if old else {}),
+        | ({"lr_warmup_steps": 100, "l1_warmup_steps": 0} if old else {}),
         resample={
             "method": args.resample,
             "every": args.steps // 4,
