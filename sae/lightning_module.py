@@ -87,7 +87,9 @@ class SAEModule(StepEngine):
             t.batch_size,
             *self.world_and_rank(),
         )
-        return x.to(self.sae.W_enc.dtype) * self.input_scale
+        x = x.to(self.sae.W_enc.dtype)
+        # input_scale stays 1 without normalize_input (a pass over the batch saved).
+        return x * self.input_scale if self.config.sae.normalize_input else x
 
     @torch.no_grad()
     def initialize_from_data(self) -> None:
@@ -144,8 +146,9 @@ class SAEModule(StepEngine):
         l1 = self.l1_coefficient * warmup_factor(step, self.config.train.l1_warmup_steps)
         per_instance = out.reconstruction + l1 * out.sparsity
         # Counts of codes > 0 as float32 0/1 sums: exact (batch < 2^24), the same numbers as
-        # (codes > 0).sum(1).float() without widening a bool tensor to int64 (3-4x faster).
-        fired = torch.gt(out.codes, 0, out=torch.empty_like(out.codes)).sum(1)
+        # (codes > 0).sum(1).float() without widening a bool tensor to int64 (3-4x faster),
+        # into a buffer kept from step to step.
+        fired = torch.gt(out.codes, 0, out=self._scratch(out.codes)).sum(1)
         r = self.config.resample
         if r.method != "none":
             if step % r.every == r.every - r.window:
@@ -158,6 +161,18 @@ class SAEModule(StepEngine):
             scalars, firing = self._log_metrics(step, x, out, per_instance, l1)
             return StepOutput(per_instance.sum(), scalars, firing)
         return StepOutput(per_instance.sum())
+
+    def _scratch(self, like: Tensor) -> Tensor:
+        """A tensor shaped as ``like``, reused across steps (not state: never saved)."""
+        buf = getattr(self, "_scratch_buf", None)
+        if buf is None or (buf.shape, buf.dtype, buf.device) != (
+            like.shape,
+            like.dtype,
+            like.device,
+        ):
+            buf = torch.empty_like(like)
+            object.__setattr__(self, "_scratch_buf", buf)  # a plain attribute, not a buffer
+        return buf
 
     def before_update(self, step: int) -> None:
         self.sae.rules.before_update(self.sae)
