@@ -166,3 +166,17 @@ def test_instance_adam_equals_torch_adam_per_instance_over_many_steps() -> None:
         torch.testing.assert_close(fused[i].detach(), plain[i].detach(), rtol=1e-12, atol=1e-14)
         for k in range(3):
             torch.testing.assert_close(fused[i][k], alone[k][i], rtol=1e-12, atol=1e-14)
+
+
+def test_torch_does_not_wrap_instance_adam_step() -> None:
+    """InstanceAdam marks its step as hooked so torch does not wrap it in a profiler record
+    (sae/optim.py); if torch stops reading the mark, this fails and the cost is back."""
+    from sae.optim import InstanceAdam
+
+    class Plain(torch.optim.Adam):  # what torch does to an optimizer class that is not marked
+        pass
+
+    for cls, args in ((InstanceAdam, (torch.tensor([0.1]),)), (Plain, ())):
+        cls([torch.nn.Parameter(torch.zeros(1, 2))], *args)
+    assert "profile_hook_step" not in InstanceAdam.step.__code__.co_qualname
+    assert "profile_hook_step" in Plain.step.__code__.co_qualname
