@@ -153,9 +153,9 @@ class SAEModule(StepEngine):
         if r.method != "none":
             if step % r.every == r.every - r.window:
                 self.window_fired.zero_()
-            self.window_fired += fired
-        self.log_fired += fired
-        self.log_samples += x.shape[0]
+            self.window_fired.add_(fired)  # add_, not +=: no Module.__setattr__ a step
+        self.log_fired.add_(fired)
+        self.log_samples.add_(x.shape[0])
         # Log after every log_every-th step (steps 9, 19, ... for 10), stamped with this step.
         if (step + 1) % self.config.train.log_every == 0:
             scalars, firing = self._log_metrics(step, x, out, per_instance, l1)
