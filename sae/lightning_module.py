@@ -165,11 +165,8 @@ class SAEModule(StepEngine):
     def _scratch(self, like: Tensor) -> Tensor:
         """A tensor shaped as ``like``, reused across steps (not state: never saved)."""
         buf = getattr(self, "_scratch_buf", None)
-        if buf is None or (buf.shape, buf.dtype, buf.device) != (
-            like.shape,
-            like.dtype,
-            like.device,
-        ):
+        fits = buf is not None and buf.dtype == like.dtype and buf.device == like.device
+        if not fits or buf.shape != like.shape:
             buf = torch.empty_like(like)
             object.__setattr__(self, "_scratch_buf", buf)  # a plain attribute, not a buffer
         return buf
