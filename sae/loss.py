@@ -1,13 +1,13 @@
 """The batched SAE forward pass with a hand-written backward (``sae_forward``).
 
-Autograd's graph of the plain formula (``SparseAutoencoder.reference_forward``) runs seven
-batched matrix products and about twenty elementwise passes and reductions per step, each
-dispatched separately. The backward here runs exactly the five matrix products the gradient
-needs (x W_enc, f W_dec forward; fᵀ dx̂, dx̂ W_decᵀ, xᵀ dpre backward), folds the sparsity
-penalty's gradient into the bias of the fourth and the encoder-bias term into the fifth, and
-takes the ReLU mask from the saved codes in one pass. The results equal autograd's up to float
-rounding (tests/test_sae_backward.py compares them in float64 for every recipe, tied and
-untied, with and without a width mask).
+Autograd's graph of the plain formula (``SparseAutoencoder.reference_forward``) dispatches about
+twenty elementwise passes, reductions and small products per step around the five large matrix
+products, each separately, and keeps their temporaries. Here a step runs the five products (x
+W_enc, f W_dec forward; fᵀ dx̂, dx̂ W_decᵀ, xᵀ dpre backward) with the encoder bias inside the
+first, the sparsity penalty's gradient inside the fourth and the encoder-bias term inside the
+fifth, and takes the ReLU mask from the saved codes in one in-place pass. The results equal
+autograd's up to float rounding (tests/test_sae_backward.py compares them in float64 for every
+recipe, tied and untied, with and without a width mask).
 """
 
 from __future__ import annotations
