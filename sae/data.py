@@ -55,7 +55,8 @@ class FileSource:
 
     - resident: the training rows fit ``resident_budget_gb`` (None: half the device's free
       memory), so they are copied to the device once and each block is one ``index_select``
-      there, with the epoch's permutation on the device too;
+      there, with the epoch's permutation on the device too (on a CPU with a core to spare,
+      the coming steps' blocks are selected ahead on it);
     - streamed: a background thread gathers upcoming blocks from the memory map (into pinned
       memory for a GPU) while the device trains (``sae.run.prefetch``).
     """
@@ -100,16 +101,20 @@ class FileSource:
         self.close()
         if self.n_train * self.d * 4 <= _budget_bytes(device, self.resident_budget_gb):
             self._resident = self.file.rows(slice(0, self.n_train)).to(device)
+            if not spare_cpu_core(device):
+                return
+
+            def produce(step: int, shard: int) -> Tensor:
+                return self._resident_block(step, shard, size)
+
         else:
             pin = device.type == "cuda"
-            self._stream_size = size
-            self._stream = BlockPrefetcher(
-                lambda step, shard: self.gather(step, shard, size, pin),
-                shards,
-                first_step,
-                end_step,
-                "sae-prefetch",
-            )
+
+            def produce(step: int, shard: int) -> Tensor:
+                return self.gather(step, shard, size, pin)
+
+        self._stream_size = size
+        self._stream = BlockPrefetcher(produce, shards, first_step, end_step, "sae-prefetch")
 
     def close(self) -> None:
         if self._stream is not None:
@@ -136,12 +141,12 @@ class FileSource:
         return pieces
 
     def block(self, step: int, shard: int, size: int, device: torch.device) -> Tensor:
-        if self._resident is not None:
-            return self._resident_block(step, shard, size)
         if self._stream is not None and size == self._stream_size:
             rows = self._stream.take(step, shard)
             if rows is not None:
                 return rows.to(device, non_blocking=True)
+        if self._resident is not None:
+            return self._resident_block(step, shard, size)
         return self.gather(step, shard, size).to(device, non_blocking=True)
 
     def _resident_block(self, step: int, shard: int, size: int) -> Tensor:
