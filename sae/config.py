@@ -53,8 +53,8 @@ class SweepConfig(Config):
     """λ, the sparsity coefficient."""
     lr: list[float] = field(default_factory=lambda: [1e-2])
     """Adam learning rate. The default 1e-2 (with the april2024 recipe and the warm-ups below)
-    reaches MCC 0.96-0.97 in one pass over 1M rows of SAELens-like data, where 1e-3 reaches 0.8
-    (BENCHMARKS.md, "Recovery in one pass")."""
+    reaches MCC 0.96-0.97 in one pass over 1M rows of SAELens-like data, where 1e-3 reaches 0.78
+    (BENCHMARKS.md, "The one-pass recipe as the default")."""
     seed: list[int] = field(default_factory=lambda: [0])
     """Initialisation seed."""
     d_sae: list[int] | None = None
