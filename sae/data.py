@@ -26,7 +26,13 @@ class ActivationSource(Protocol):
     def block(self, step: int, shard: int, size: int, device: torch.device) -> Tensor: ...
 
     def prepare(
-        self, device: torch.device, shards: range, size: int, first_step: int, end_step: int
+        self,
+        device: torch.device,
+        shards: range,
+        size: int,
+        first_step: int,
+        end_step: int,
+        draw_ahead: bool = True,
     ) -> None:
         """Called once before training draws blocks ``shards`` of steps from ``first_step``."""
         ...
@@ -94,14 +100,20 @@ class FileSource:
         )
 
     def prepare(
-        self, device: torch.device, shards: range, size: int, first_step: int, end_step: int
+        self,
+        device: torch.device,
+        shards: range,
+        size: int,
+        first_step: int,
+        end_step: int,
+        draw_ahead: bool = True,
     ) -> None:
         """Get ready to serve blocks ``shards`` (``size`` rows each) of steps ``first_step`` to
         ``end_step - 1`` on ``device``."""
         self.close()
         if self.n_train * self.d * 4 <= _budget_bytes(device, self.resident_budget_gb):
             self._resident = self.file.rows(slice(0, self.n_train)).to(device)
-            if not spare_cpu_core(device):
+            if not spare_cpu_core(device, draw_ahead):
                 return
 
             def produce(step: int, shard: int) -> Tensor:
@@ -220,12 +232,18 @@ class GeneratedSource:
         return self._generator.manual_seed(seed)
 
     def prepare(
-        self, device: torch.device, shards: range, size: int, first_step: int, end_step: int
+        self,
+        device: torch.device,
+        shards: range,
+        size: int,
+        first_step: int,
+        end_step: int,
+        draw_ahead: bool = True,
     ) -> None:
         """Blocks are drawn on the device when asked for, or ahead on a spare CPU core."""
         self.close()
         self._gen(device, self.seed)  # moves the generator's model to the device first
-        if spare_cpu_core(device):
+        if spare_cpu_core(device, draw_ahead):
             ahead = torch.Generator(device=device)  # the thread's own: blocks reseed it
 
             def produce(step: int, shard: int) -> Tensor:

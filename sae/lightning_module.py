@@ -137,7 +137,9 @@ class SAEModule(StepEngine):
         super().on_train_start()
         t = self.config.train
         shards, size = rank_blocks(t.data_shards, t.batch_size, *self.world_and_rank())
-        self.source.prepare(self.device, shards, size, self.global_step, t.steps)
+        self.source.prepare(
+            self.device, shards, size, self.global_step, t.steps, self.config.runtime.draw_ahead
+        )
 
     # -- training -----------------------------------------------------------------------
     def train_step(self, step: int) -> StepOutput:

@@ -16,6 +16,12 @@ from sae.data import GeneratedSource
 from sae.run.prefetch import BlockPrefetcher, spare_cpu_core
 
 
+def spare_core_is(value: bool):
+    """A stand-in for ``spare_cpu_core`` that answers ``value`` (still honouring
+    ``runtime.draw_ahead``)."""
+    return lambda device, wanted=True: wanted and value
+
+
 def test_blocks_come_in_step_order_and_a_skipped_block_falls_back() -> None:
     made: list[tuple[int, int]] = []
 
@@ -52,6 +58,7 @@ def test_spare_core_only_on_a_cpu_with_threads_to_spare(monkeypatch) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert spare_cpu_core(torch.device("cpu"))
+    assert not spare_cpu_core(torch.device("cpu"), wanted=False)  # runtime.draw_ahead: false
     assert not spare_cpu_core(torch.device("cuda", 0))
     monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
     assert not spare_cpu_core(torch.device("cpu"))
@@ -72,9 +79,9 @@ def _count_takes(monkeypatch) -> list[int]:
 
 
 def test_toy_training_drawing_ahead_equals_drawing_in_the_step(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(toymodels.lightning_module, "spare_cpu_core", lambda device: False)
+    monkeypatch.setattr(toymodels.lightning_module, "spare_cpu_core", spare_core_is(False))
     inline = _toy(tmp_path / "inline", None)
-    monkeypatch.setattr(toymodels.lightning_module, "spare_cpu_core", lambda device: True)
+    monkeypatch.setattr(toymodels.lightning_module, "spare_cpu_core", spare_core_is(True))
     taken = _count_takes(monkeypatch)
     ahead = _toy(tmp_path / "ahead", None)
     assert len(taken) == 95 and sum(taken) >= 90  # the thread made (nearly) every block
@@ -91,7 +98,7 @@ def test_generated_source_blocks_are_the_same_drawn_ahead(monkeypatch, drawn_ahe
     def draw(n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.relu(torch.rand(n, 6, generator=generator) @ weights)
 
-    monkeypatch.setattr(sae.data, "spare_cpu_core", lambda device: drawn_ahead)
+    monkeypatch.setattr(sae.data, "spare_cpu_core", spare_core_is(drawn_ahead))
     taken = _count_takes(monkeypatch)
     cpu = torch.device("cpu")
     source, reference = GeneratedSource(draw, 4, seed=3), GeneratedSource(draw, 4, seed=3)

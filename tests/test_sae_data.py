@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from synthetic import file_source, sae_config, write_planted_file
+from test_prefetch import spare_core_is
 
 import sae.data
 from sae.activations import ActivationFile
@@ -36,7 +37,7 @@ def test_resident_and_streamed_blocks_equal_mapped_reads(
     small_file: Path, shards: range, spare_core: bool, monkeypatch
 ) -> None:
     """Resident blocks are selected in the step, or ahead on a spare CPU core; the same rows."""
-    monkeypatch.setattr(sae.data, "spare_cpu_core", lambda device: spare_core)
+    monkeypatch.setattr(sae.data, "spare_cpu_core", spare_core_is(spare_core))
     size = 96 // (1 if len(shards) == 1 else 4)
     reference = _source(small_file, None)  # never prepared: reads the memory map each time
     resident, streamed = _source(small_file, None), _source(small_file, 0.0)

@@ -73,7 +73,7 @@ class ToyModelModule(StepEngine):
         super().on_train_start()
         # The draw is up to half of a CPU step: with a core to spare, the coming steps' blocks
         # are drawn on it (the same blocks: each has its own seed).
-        if spare_cpu_core(self.device):
+        if spare_cpu_core(self.device, self.config.runtime.draw_ahead):
             t = self.config.train
             shards, rows = rank_blocks(t.data_shards, t.batch_size, *self.world_and_rank())
             generator = torch.Generator(device=self.device)  # the thread's own

@@ -23,14 +23,14 @@ DEPTH = 4
 """Steps the producer may run ahead of training."""
 
 
-def spare_cpu_core(device: torch.device) -> bool:
+def spare_cpu_core(device: torch.device, wanted: bool = True) -> bool:
     """Whether drawing CPU data on a background thread can run beside training: the device is
     the CPU and the compute threads of every training process (all on this machine, as CPU
-    DDP runs are) leave a core free."""
+    DDP runs are) leave a core free; ``wanted`` is ``runtime.draw_ahead``."""
     dist = torch.distributed
     processes = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     cores = os.cpu_count() or 1
-    return device.type == "cpu" and cores > torch.get_num_threads() * processes
+    return wanted and device.type == "cpu" and cores > torch.get_num_threads() * processes
 
 
 class BlockPrefetcher:

@@ -52,6 +52,11 @@ class RuntimeConfig(Config):
     steps_per_call: int | None = None
     """Optimizer steps run inside one Lightning training call. None: chosen from the measured
     cost of a step (about 50 ms of work a call). Results do not depend on it."""
+    draw_ahead: bool = True
+    """On a CPU with a core beyond torch's threads, make the coming steps' data (toy features,
+    a live toy model's activations, activation-file rows) on it while the current step trains
+    (``sae/run/prefetch.py``). The batches are the same either way; false on a machine whose
+    other core is busy with other work."""
 
     def validate(self) -> None:
         if self.devices < 1:
