@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from synthetic import file_source, sae_config, write_planted_file
-from test_prefetch import spare_core_is
 
-import sae.data
 from sae.activations import ActivationFile
 from sae.data import FileSource
 from sae.train import train_saes
@@ -31,20 +29,14 @@ def _source(path: Path, budget: float | None, batch: int = 96) -> FileSource:
     )
 
 
-@pytest.mark.parametrize("spare_core", [False, True], ids=["inline", "drawn_ahead"])
 @pytest.mark.parametrize("shards", [range(0, 1), range(1, 3)], ids=["one_block", "two_of_four"])
-def test_resident_and_streamed_blocks_equal_mapped_reads(
-    small_file: Path, shards: range, spare_core: bool, monkeypatch
-) -> None:
-    """Resident blocks are selected in the step, or ahead on a spare CPU core; the same rows."""
-    monkeypatch.setattr(sae.data, "spare_cpu_core", spare_core_is(spare_core))
+def test_resident_and_streamed_blocks_equal_mapped_reads(small_file: Path, shards: range) -> None:
     size = 96 // (1 if len(shards) == 1 else 4)
     reference = _source(small_file, None)  # never prepared: reads the memory map each time
     resident, streamed = _source(small_file, None), _source(small_file, 0.0)
     resident.prepare(CPU, shards, size, first_step=3, end_step=40)
     streamed.prepare(CPU, shards, size, first_step=3, end_step=40)
     assert (reference.mode, resident.mode, streamed.mode) == ("mapped", "resident", "streamed")
-    assert (resident._stream is not None) == spare_core
     try:
         # 40 steps of 96 rows cross several epochs of the 900 training rows.
         for step in range(3, 40):
