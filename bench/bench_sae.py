@@ -14,6 +14,10 @@ without Lightning. The matmul reference times the step's five matrix products al
 x@W_enc and f@W_dec, backward dW_enc, df, dW_dec) with the step's shapes.
 
     python bench/bench_sae.py --steps 300 --repeats 3 --threads 1 2
+
+On a CPU with a core beyond torch's threads the Lightning path draws the live toy model's
+activations ahead on it (``runtime.draw_ahead``); the bare loop draws in the step.
+``--no-draw-ahead`` compares like with like.
 """
 
 from __future__ import annotations
@@ -52,13 +56,17 @@ D_IN, D_SAE, BATCH = 64, 256, 1024
 SWEEP_L1 = [0.5, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 20.0]
 
 
+DRAW_AHEAD = True
+"""``runtime.draw_ahead`` of the project's runs (``--no-draw-ahead`` turns it off)."""
+
+
 def sae_config(n_instances: int, steps: int, threads: int) -> SAERunConfig:
     l1 = SWEEP_L1[:n_instances] if n_instances > 1 else [3.0]
     return SAERunConfig(
         sae=SAEConfig(d_sae=D_SAE, recipe="april2024"),
         sweep=SweepConfig(l1_coefficient=l1, lr=[1e-3], seed=list(range(len(l1)))),
         train=SAETrainConfig(steps=steps, batch_size=BATCH),
-        runtime=RuntimeConfig(threads=threads, progress_bar=False),
+        runtime=RuntimeConfig(threads=threads, progress_bar=False, draw_ahead=DRAW_AHEAD),
         wandb=WandbConfig(enabled=False),
     )
 
@@ -182,7 +190,14 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=131_072, help="rows in the activation file")
     ap.add_argument("--instances", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--sources", nargs="+", default=["file", "generated"])
+    ap.add_argument(
+        "--no-draw-ahead",
+        action="store_true",
+        help="runtime.draw_ahead=false for the Lightning path (the bare loop draws in the step)",
+    )
     args = ap.parse_args()
+    global DRAW_AHEAD
+    DRAW_AHEAD = not args.no_draw_ahead
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
     root = memory_folder()
