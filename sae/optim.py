@@ -101,7 +101,9 @@ class InstanceAdam(torch.optim.Optimizer):
         beta1, beta2 = group["betas"]
         states = [self.state[p] for p in params]
         rates = self._rates()
-        step = torch.full((), float(t), device=params[0].device)
+        # float32 whatever the default dtype (64-true makes it float64): the CUDA kernel reads
+        # the step as a float32 and, given a float64, would see 0 (as torch's own Adam does).
+        step = torch.full((), float(t), dtype=torch.float32, device=params[0].device)
         for rate, ks in rates.items():
             if len(rates) == 1:
                 rows = [params, [p.grad for p in params]]

@@ -111,3 +111,21 @@ def test_generated_source_blocks_are_the_same_drawn_ahead(monkeypatch, drawn_ahe
     finally:
         source.close()
     assert sum(taken) == (8 if drawn_ahead else 0)
+
+
+def test_the_toy_draw_thread_stops_after_a_failed_fit(tmp_path: Path, monkeypatch) -> None:
+    """Lightning calls no module hook after an error in a step; train_toy stops the thread."""
+    import threading
+
+    monkeypatch.setattr(toymodels.lightning_module, "spare_cpu_core", spare_core_is(True))
+    original = toymodels.lightning_module.ToyModelModule.train_step
+
+    def failing(self, step: int):
+        if step == 20:
+            raise RuntimeError("boom")
+        return original(self, step)
+
+    monkeypatch.setattr(toymodels.lightning_module.ToyModelModule, "train_step", failing)
+    with pytest.raises(RuntimeError, match="boom"):
+        _toy(tmp_path / "failed", None)
+    assert not [t for t in threading.enumerate() if t.name == "toy-draw" and t.is_alive()]

@@ -180,3 +180,29 @@ def test_torch_does_not_wrap_instance_adam_step() -> None:
         cls([torch.nn.Parameter(torch.zeros(1, 2))], *args)
     assert "profile_hook_step" not in InstanceAdam.step.__code__.co_qualname
     assert "profile_hook_step" in Plain.step.__code__.co_qualname
+
+
+def test_the_fused_step_count_is_float32_under_a_float64_default(monkeypatch) -> None:
+    """runtime.precision 64-true makes float64 the default dtype during the step; torch's CUDA
+    fused-Adam kernel reads the step count as float32, so a float64 one would read as 0."""
+    from sae.optim import InstanceAdam
+
+    seen: list[torch.dtype] = []
+    fused = torch._fused_adam_
+
+    def spy(*args, **kwargs):
+        seen.extend(step.dtype for step in args[5])
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "_fused_adam_", spy)
+    weights = torch.nn.Parameter(torch.ones(2, 3, dtype=torch.float64))
+    optimizer = InstanceAdam([weights], torch.tensor([1e-2, 1e-3]))
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        weights.grad = torch.ones_like(weights)
+        optimizer.step()
+    finally:
+        torch.set_default_dtype(previous)
+    assert seen and set(seen) == {torch.float32}
+    assert torch.isfinite(weights).all() and not torch.equal(weights, torch.ones_like(weights))

@@ -87,12 +87,11 @@ class ToyModelModule(StepEngine):
 
     def on_train_end(self) -> None:
         super().on_train_end()
-        self._stop_drawing_ahead()
+        self.stop_drawing_ahead()
 
-    def teardown(self, stage: str) -> None:
-        self._stop_drawing_ahead()  # also after a failed or interrupted fit
-
-    def _stop_drawing_ahead(self) -> None:
+    def stop_drawing_ahead(self) -> None:
+        """Stop the draw-ahead thread (``train_toy`` also calls this after a failed fit, where
+        Lightning calls no hook of the module)."""
         if self._ahead is not None:
             self._ahead.stop()
             self._ahead = None

@@ -29,7 +29,9 @@ def spare_cpu_core(device: torch.device, wanted: bool = True) -> bool:
     DDP runs are) leave a core free; ``wanted`` is ``runtime.draw_ahead``."""
     dist = torch.distributed
     processes = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    cores = os.cpu_count() or 1
+    # The cores this process may run on (a container or taskset may allow fewer than the host's).
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
     return wanted and device.type == "cpu" and cores > torch.get_num_threads() * processes
 
 

@@ -54,9 +54,10 @@ class RuntimeConfig(Config):
     cost of a step (about 50 ms of work a call). Results do not depend on it."""
     draw_ahead: bool = True
     """On a CPU with a core beyond torch's threads, make the coming steps' data (toy features,
-    a live toy model's activations, activation-file rows) on it while the current step trains
-    (``sae/run/prefetch.py``). The batches are the same either way; false on a machine whose
-    other core is busy with other work."""
+    a live toy model's activations for ``sae train --toy``) on it while the current step trains
+    (``sae/run/prefetch.py``; activation-file rows are gathered in the step, which measured
+    faster). The batches are the same either way; false on a machine whose other core is busy
+    with other work."""
 
     def validate(self) -> None:
         if self.devices < 1:
