@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from sae.activations import ActivationFile
-from sae.run.prefetch import BlockPrefetcher, spare_cpu_core
-from sae.run.seeding import epoch_permutation_seed, sample_seed, shard_seed
+from sae.run.prefetch import BlockPrefetcher, SeededBlocks
+from sae.run.seeding import epoch_permutation_seed, sample_seed
 
 
 class ActivationSource(Protocol):
@@ -206,7 +206,7 @@ class GeneratedSource:
     """Fresh activations from a generator function ``draw(n, torch.Generator) -> [n, d]`` on the
     training device (e.g. a toy model run live): infinite data, never repeated. On a CPU with a
     core to spare, the blocks of the coming steps are drawn on a background thread (the same
-    blocks: each comes from its own seed)."""
+    blocks: each comes from its own seed; ``SeededBlocks``)."""
 
     def __init__(
         self,
@@ -217,18 +217,15 @@ class GeneratedSource:
     ) -> None:
         self.draw, self.d, self.seed = draw, d, seed
         self._to_device = to_device
-        self._generator: torch.Generator | None = None
         self._device: torch.device | None = None
-        self._ahead: BlockPrefetcher | None = None
-        self._ahead_size = 0
+        self._blocks = SeededBlocks(draw, seed)
 
-    def _gen(self, device: torch.device, seed: int) -> torch.Generator:
+    def _on(self, device: torch.device) -> None:
+        """Move what ``draw`` runs (a toy model) to ``device``, once."""
         if self._device != device:
             if self._to_device is not None:
                 self._to_device(device)
-            self._generator, self._device = torch.Generator(device=device), device
-        assert self._generator is not None
-        return self._generator.manual_seed(seed)
+            self._device = device
 
     def prepare(
         self,
@@ -240,28 +237,16 @@ class GeneratedSource:
         draw_ahead: bool = True,
     ) -> None:
         """Blocks are drawn on the device when asked for, or ahead on a spare CPU core."""
-        self.close()
-        self._gen(device, self.seed)  # moves the generator's model to the device first
-        if spare_cpu_core(device, draw_ahead):
-            ahead = torch.Generator(device=device)  # the thread's own: blocks reseed it
-
-            def produce(step: int, shard: int) -> Tensor:
-                return self.draw(size, ahead.manual_seed(shard_seed(self.seed, step, shard)))
-
-            self._ahead_size = size
-            self._ahead = BlockPrefetcher(produce, shards, first_step, end_step, "sae-draw")
+        self._on(device)
+        self._blocks.start(device, shards, size, first_step, end_step, draw_ahead, "sae-draw")
 
     def close(self) -> None:
-        if self._ahead is not None:
-            self._ahead.stop()
-        self._ahead = None
+        self._blocks.stop()
 
     def block(self, step: int, shard: int, size: int, device: torch.device) -> Tensor:
-        if self._ahead is not None and size == self._ahead_size and device == self._device:
-            rows = self._ahead.take(step, shard)
-            if rows is not None:
-                return rows
-        return self.draw(size, self._gen(device, shard_seed(self.seed, step, shard)))
+        self._on(device)
+        return self._blocks.block(step, shard, size, device)
 
     def sample(self, n: int, seed: int, device: torch.device) -> Tensor:
-        return self.draw(n, self._gen(device, sample_seed(seed)))
+        self._on(device)
+        return self.draw(n, torch.Generator(device=device).manual_seed(sample_seed(seed)))

@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_engine import _assert_same_run, _toy
 
-import sae.data
+import sae.run.prefetch
 import toymodels.lightning_module
 from sae.data import GeneratedSource
 from sae.run.prefetch import BlockPrefetcher, spare_cpu_core
@@ -79,9 +79,9 @@ def _count_takes(monkeypatch) -> list[int]:
 
 
 def test_toy_training_drawing_ahead_equals_drawing_in_the_step(tmp_path: Path, monkeypatch):
-    monkeypatch.setattr(toymodels.lightning_module, "spare_cpu_core", spare_core_is(False))
+    monkeypatch.setattr(sae.run.prefetch, "spare_cpu_core", spare_core_is(False))
     inline = _toy(tmp_path / "inline", None)
-    monkeypatch.setattr(toymodels.lightning_module, "spare_cpu_core", spare_core_is(True))
+    monkeypatch.setattr(sae.run.prefetch, "spare_cpu_core", spare_core_is(True))
     taken = _count_takes(monkeypatch)
     ahead = _toy(tmp_path / "ahead", None)
     assert len(taken) == 95 and sum(taken) >= 90  # the thread made (nearly) every block
@@ -98,7 +98,7 @@ def test_generated_source_blocks_are_the_same_drawn_ahead(monkeypatch, drawn_ahe
     def draw(n: int, generator: torch.Generator) -> torch.Tensor:
         return torch.relu(torch.rand(n, 6, generator=generator) @ weights)
 
-    monkeypatch.setattr(sae.data, "spare_cpu_core", spare_core_is(drawn_ahead))
+    monkeypatch.setattr(sae.run.prefetch, "spare_cpu_core", spare_core_is(drawn_ahead))
     taken = _count_takes(monkeypatch)
     cpu = torch.device("cpu")
     source, reference = GeneratedSource(draw, 4, seed=3), GeneratedSource(draw, 4, seed=3)
@@ -117,7 +117,7 @@ def test_the_toy_draw_thread_stops_after_a_failed_fit(tmp_path: Path, monkeypatc
     """Lightning calls no module hook after an error in a step; train_toy stops the thread."""
     import threading
 
-    monkeypatch.setattr(toymodels.lightning_module, "spare_cpu_core", spare_core_is(True))
+    monkeypatch.setattr(sae.run.prefetch, "spare_cpu_core", spare_core_is(True))
     original = toymodels.lightning_module.ToyModelModule.train_step
 
     def failing(self, step: int):

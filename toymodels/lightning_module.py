@@ -14,9 +14,9 @@ from sae.run.config_io import config_to_dict, from_dict
 from sae.run.engine import StepEngine, StepOutput
 from sae.run.instance_names import instance_labels
 from sae.run.metrics_log import log_scalars
-from sae.run.prefetch import BlockPrefetcher, spare_cpu_core
+from sae.run.prefetch import SeededBlocks
 from sae.run.schedules import lr_lambda
-from sae.run.seeding import draw_rank_batch, rank_blocks, shard_seed, toy_eval_seed
+from sae.run.seeding import draw_rank_batch, rank_blocks, toy_eval_seed
 from toymodels.config import ToyConfig
 from toymodels.data import FeatureDistribution
 from toymodels.diagnostics import diagnose, represented
@@ -42,59 +42,34 @@ class ToyModelModule(StepEngine):
         self.distribution = FeatureDistribution.from_config(
             config.data, m.n_features, repeats_each=restarts, signed=self.model.signed_inputs
         )
-        self._generator: torch.Generator | None = None
-        self._ahead: BlockPrefetcher | None = None
+        self.blocks = SeededBlocks(self.distribution.sample, config.train.seed)
+        """The training batches' seeded blocks (drawn ahead on a spare CPU core)."""
 
     def draw_batch(self, step: int) -> Tensor:
         """This rank's share of global batch ``step``: blocks of a seeded stream, so any
         device count that divides ``data_shards`` sees the same global batch."""
         train = self.config.train
         return draw_rank_batch(
-            lambda shard, rows: self._block(step, shard, rows),
+            lambda shard, rows: self.blocks.block(step, shard, rows, self.device),
             train.data_shards,
             train.batch_size,
             *self.world_and_rank(),
         )
 
-    def _block(self, step: int, shard: int, rows: int) -> Tensor:
-        if self._ahead is not None:
-            block = self._ahead.take(step, shard)
-            if block is not None:
-                return block
-        if self._generator is None or self._generator.device != self.device:
-            self._generator = torch.Generator(device=self.device)
-        return self._draw(step, shard, rows, self._generator)
-
-    def _draw(self, step: int, shard: int, rows: int, generator: torch.Generator) -> Tensor:
-        seed = shard_seed(self.config.train.seed, step, shard)
-        return self.distribution.sample(rows, generator.manual_seed(seed))
-
     def on_train_start(self) -> None:
         super().on_train_start()
         # The draw is up to half of a CPU step: with a core to spare, the coming steps' blocks
-        # are drawn on it (the same blocks: each has its own seed).
-        if spare_cpu_core(self.device, self.config.runtime.draw_ahead):
-            t = self.config.train
-            shards, rows = rank_blocks(t.data_shards, t.batch_size, *self.world_and_rank())
-            generator = torch.Generator(device=self.device)  # the thread's own
-            self._ahead = BlockPrefetcher(
-                lambda step, shard: self._draw(step, shard, rows, generator),
-                shards,
-                self.global_step,
-                t.steps,
-                "toy-draw",
-            )
+        # are drawn on it.
+        t = self.config.train
+        shards, rows = rank_blocks(t.data_shards, t.batch_size, *self.world_and_rank())
+        draw_ahead = self.config.runtime.draw_ahead
+        self.blocks.start(
+            self.device, shards, rows, self.global_step, t.steps, draw_ahead, "toy-draw"
+        )
 
     def on_train_end(self) -> None:
         super().on_train_end()
-        self.stop_drawing_ahead()
-
-    def stop_drawing_ahead(self) -> None:
-        """Stop the draw-ahead thread (``train_toy`` also calls this after a failed fit, where
-        Lightning calls no hook of the module)."""
-        if self._ahead is not None:
-            self._ahead.stop()
-            self._ahead = None
+        self.blocks.stop()
 
     def per_instance_loss(self, x: Tensor) -> Tensor:
         out = self.model(x).output

@@ -47,7 +47,7 @@ def train_toy(
     try:
         result = fit(module, config, out_dir, resume, callbacks, job_type="toy")
     finally:
-        module.stop_drawing_ahead()  # after an error too: Lightning then calls no module hook
+        module.blocks.stop()  # after an error too: Lightning then calls no module hook
     if not result.is_global_zero:
         return None
     # The final evaluation runs where training ran (Lightning hands the module back on the CPU).

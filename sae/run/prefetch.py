@@ -5,8 +5,9 @@ Every block of a run is a pure function of (step, shard) (its seed or its rows c
 batches stay exactly the ones the training step would have made itself. Two users:
 
 - a streamed activation file (``sae.data.FileSource``): rows gathered from the memory map;
-- data drawn on the CPU (toy-model features, a toy model run live for an SAE): the draw, up to
-  half of a toy step, runs on a second core (torch releases the GIL inside its kernels).
+- data drawn from a seed (``SeededBlocks``: toy-model features, a toy model run live for an
+  SAE): on the CPU the draw, up to half of a toy step, runs on a second core (torch releases the
+  GIL inside its kernels).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from sae.run.seeding import shard_seed
 
 DEPTH = 4
 """Steps the producer may run ahead of training."""
@@ -96,3 +99,57 @@ class BlockPrefetcher:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+class SeededBlocks:
+    """Blocks ``draw(rows, generator)`` of a seeded stream: block (step, shard) is drawn from
+    ``shard_seed(seed, step, shard)``, so it is the same block whoever draws it and whenever.
+    After ``start``, a spare CPU core draws the coming steps' blocks ahead."""
+
+    def __init__(self, draw: Callable[[int, torch.Generator], Tensor], seed: int) -> None:
+        self.draw, self.seed = draw, seed
+        self._generator: torch.Generator | None = None
+        self._ahead: BlockPrefetcher | None = None
+        self._ahead_shape: tuple[int, torch.device] | None = None
+
+    def block(self, step: int, shard: int, rows: int, device: torch.device) -> Tensor:
+        if self._ahead is not None and self._ahead_shape == (rows, device):
+            block = self._ahead.take(step, shard)
+            if block is not None:
+                return block
+        if self._generator is None or self._generator.device != device:
+            self._generator = torch.Generator(device=device)
+        return self._draw(step, shard, rows, self._generator)
+
+    def _draw(self, step: int, shard: int, rows: int, generator: torch.Generator) -> Tensor:
+        return self.draw(rows, generator.manual_seed(shard_seed(self.seed, step, shard)))
+
+    def start(
+        self,
+        device: torch.device,
+        shards: range,
+        rows: int,
+        first_step: int,
+        end_step: int,
+        wanted: bool = True,
+        name: str = "data-draw",
+    ) -> None:
+        """Draw blocks ``shards`` of steps ``first_step`` to ``end_step - 1`` ahead on a spare
+        CPU core, when there is one (``wanted``: ``runtime.draw_ahead``)."""
+        self.stop()
+        if spare_cpu_core(device, wanted):
+            generator = torch.Generator(device=device)  # the thread's own: blocks reseed it
+            self._ahead_shape = (rows, device)
+            self._ahead = BlockPrefetcher(
+                lambda step, shard: self._draw(step, shard, rows, generator),
+                shards,
+                first_step,
+                end_step,
+                name,
+            )
+
+    def stop(self) -> None:
+        """Stop drawing ahead (blocks are then drawn when asked for)."""
+        if self._ahead is not None:
+            self._ahead.stop()
+        self._ahead, self._ahead_shape = None, None
