@@ -22,6 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
+from bench_select import DATASETS  # noqa: E402
+
 BASE = {
     # configs/sae/lambda_sweep.yaml's recipe
     "sae": {"recipe": "constrained", "b_dec_init": "geometric_median", "d_sae": 512},
@@ -209,12 +211,7 @@ CURVE_RECIPES = list(RECIPES)[:3]
 """The recipes ``--curves`` draws (the fourth equals the third within one pass)."""
 
 COMPARE_SETS = [
-    "planted_p0.03",
-    "planted_p0.1",
-    "zipf_correlated",
-    "toy_relu_output",
-    "toy_relu_output_p0.2",
-    "toy_relu_hidden",
+    *DATASETS,
     "zipf512_seed1000",
     "zipf512_seed1001",
     "zipf512_seed1002",

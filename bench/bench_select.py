@@ -158,20 +158,24 @@ def train(path: Path, out: Path, n_features: int, args: argparse.Namespace) -> f
     return time.perf_counter() - start
 
 
+DATASETS = [
+    "planted_p0.03",
+    "planted_p0.1",
+    "zipf_correlated",
+    "toy_relu_output",
+    "toy_relu_output_p0.2",
+    "toy_relu_hidden",
+]
+"""The data sets of the regret table (``write_dataset`` makes each)."""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench_select"))
     ap.add_argument(
         "--datasets",
         nargs="+",
-        default=[
-            "planted_p0.03",
-            "planted_p0.1",
-            "zipf_correlated",
-            "toy_relu_output",
-            "toy_relu_output_p0.2",
-            "toy_relu_hidden",
-        ],
+        default=DATASETS,
     )
     ap.add_argument("--l1", nargs="+", type=float, default=[0.03, 0.1, 0.3, 1.0, 3.0])
     ap.add_argument("--seeds", type=int, default=2)

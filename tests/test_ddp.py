@@ -87,6 +87,18 @@ def _planted_file(path: Path) -> Path:
     return path
 
 
+def _train_with_one_and_two_processes(tmp_path: Path, config: Path, acts: Path) -> None:
+    """``sae train`` of ``config`` into ``tmp_path/two`` (2 DDP processes) and ``tmp_path/one``
+    (1 process); the 2-process run must record both ranks identical."""
+    common = ("train", "--config", str(config), "--activations", str(acts))
+    two = sae_cli(*common, "--out", str(tmp_path / "two"), "--devices", "2", "--strategy", "ddp")
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = sae_cli(*common, "--out", str(tmp_path / "one"))
+    assert one.returncode == 0, one.stderr[-2000:]
+    run = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert run["world_size"] == 2 and run["ranks_identical"] is True
+
+
 def test_sae_ddp_with_resampling_matches_one_process(tmp_path: Path) -> None:
     acts = _planted_file(tmp_path / "acts.safetensors")
     # λ = 30 starves latents, so the resample at step 80 revives some (the test checks). One
@@ -103,14 +115,7 @@ def test_sae_ddp_with_resampling_matches_one_process(tmp_path: Path) -> None:
             "wandb": {"enabled": False},
         },
     )
-    common = ("train", "--config", str(config), "--activations", str(acts))
-    two = sae_cli(*common, "--out", str(tmp_path / "two"), "--devices", "2", "--strategy", "ddp")
-    assert two.returncode == 0, two.stderr[-2000:]
-    one = sae_cli(*common, "--out", str(tmp_path / "one"))
-    assert one.returncode == 0, one.stderr[-2000:]
-
-    run = json.loads((tmp_path / "two" / "run.json").read_text())
-    assert run["world_size"] == 2 and run["ranks_identical"] is True
+    _train_with_one_and_two_processes(tmp_path, config, acts)
     logged = (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()
     last = json.loads(logged[-1])
     assert last["resampled/instance_0"] + last["resampled/instance_1"] > 0, "no resampling happened"
@@ -139,14 +144,7 @@ def test_width_sweep_ddp_matches_one_process(tmp_path: Path) -> None:
             "wandb": {"enabled": False},
         },
     )
-    common = ("train", "--config", str(config), "--activations", str(acts))
-    two = sae_cli(*common, "--out", str(tmp_path / "two"), "--devices", "2", "--strategy", "ddp")
-    assert two.returncode == 0, two.stderr[-2000:]
-    one = sae_cli(*common, "--out", str(tmp_path / "one"))
-    assert one.returncode == 0, one.stderr[-2000:]
-
-    run = json.loads((tmp_path / "two" / "run.json").read_text())
-    assert run["world_size"] == 2 and run["ranks_identical"] is True
+    _train_with_one_and_two_processes(tmp_path, config, acts)
     last = json.loads((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()[-1])
     assert last["resampled/instance_2"] > 0, "no resampling happened"
     for k, width in enumerate(widths):
