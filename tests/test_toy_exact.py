@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from toymodels.config import ToyDataConfig
-from toymodels.data import FeatureDistribution
+from toymodels.data import FeatureDistribution, instance_major
 from toymodels.diagnostics import diagnose, represented
 from toymodels.models import TiedToyModel, build_model, weighted_loss
 
@@ -294,6 +294,28 @@ def test_sampling_is_seeded() -> None:
     assert torch.equal(dist.sample(512, g), first)
     assert torch.equal(dist.sample(512, g), second)
     assert not torch.equal(first, second)
+
+
+def test_samples_are_stored_instance_major_with_the_batch_major_numbers() -> None:
+    """The layout is storage only: the values are the ones the same seed gave when samples
+    were stored batch-major (u < p on/off, u / p magnitude, from one torch.rand draw)."""
+    prob = torch.tensor([[1.0] * 5, [0.3] * 5, [0.01] * 5])
+    dist = FeatureDistribution(prob, torch.ones_like(prob))
+    x = dist.sample(257, torch.Generator().manual_seed(3))
+    u = torch.rand((257, 3, 5), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(x, (u / prob).mul_(u < prob))
+    assert x.permute(1, 2, 0).is_contiguous()  # [instances, features, batch] in memory
+    assert instance_major(x).data_ptr() == x.data_ptr()  # already so: no copy
+    assert torch.equal(instance_major(u), u) and not instance_major(u).is_contiguous()
+
+
+@pytest.mark.parametrize("kind", ["linear", "relu_output", "relu_hidden", "abs"])
+def test_models_read_either_layout(kind: str) -> None:
+    model = build_model(kind, 3, 7, 2, seed=1)
+    x = torch.rand(64, 3, 7, generator=torch.Generator().manual_seed(4))
+    batch_major, stored = model(x), model(instance_major(x))
+    for a, b in zip(batch_major, stored):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
 def test_model_init_is_seeded() -> None:

@@ -13,6 +13,9 @@ Anticorrelated Features"):
 One uniform draw per element does the work of two: with u ~ U[0, 1], "u < p" is the on/off
 event and, given it, u / p is again U[0, 1]. An anticorrelated set likewise reads its on/off
 event, its member and the magnitude from a single draw.
+
+Samples are stored instance-major (see ``instance_major``): the layout the models' batched
+products read without a copy.
 """
 
 from __future__ import annotations
@@ -23,9 +26,19 @@ from torch import Tensor, nn
 from toymodels.config import ToyDataConfig
 
 
+def instance_major(x: Tensor) -> Tensor:
+    """``x`` [batch, instances, features] with the same shape and values, stored as
+    [instances, features, batch] (the batch fastest). The toy models multiply each instance's
+    [features, batch] block; torch's CPU ``bmm`` on the batch-major layout falls back to a slow
+    strided kernel (36x slower for the basic-results sweep on a 2-core Xeon), and elementwise
+    ops mixing the two layouts are 4x slower. A no-op (a view) when ``x`` is already stored so.
+    """
+    return x.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+
+
 class FeatureDistribution(nn.Module):
-    """Samples x [batch, instances, n_features]; holds p and importance as buffers so they
-    follow the model onto its device."""
+    """Samples x [batch, instances, n_features] (stored instance-major); holds p and importance
+    as buffers so they follow the model onto its device."""
 
     probability: Tensor
     importance: Tensor
@@ -94,16 +107,19 @@ class FeatureDistribution(nn.Module):
         )
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
-        """Draw x [batch_size, instances, n_features] on the buffers' device."""
+        """Draw x [batch_size, instances, n_features] on the buffers' device, stored
+        instance-major (the numbers do not depend on the layout)."""
         p = self.probability
         u = torch.rand(
             (batch_size, self.n_instances, self.n_features),
             device=p.device,
             generator=generator,
         )
-        # magnitude · [u < p]: the same numbers as where(u < p, magnitude, 0), whose CPU kernel
-        # with a scalar operand is 3x slower than this multiply by the bool mask.
-        x = self._magnitude(u / p).mul_(u < p)
+        u = instance_major(u)  # every elementwise result below keeps this layout
+        # magnitude · [u < p], the mask as max(sign(p − u), 0) (p − u > 0 exactly when u < p):
+        # the same numbers as where(u < p, magnitude, 0), 4x faster on the CPU than the where
+        # or a multiply by the bool mask, whose comparison and mixed-dtype kernels are slow.
+        x = self._magnitude(u / p).mul_((p - u).sign_().clamp_(min=0))
         k = self.set_size
         n_corr = self.correlated_sets * k
         if self.correlated_sets:

@@ -51,7 +51,9 @@ class ToyActivationSource:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(activations [B, d], true codes [B, n_ground]) for ``batch_size`` fresh inputs."""
         x = self.distribution.sample(batch_size, generator)
-        return self.model(x).hidden[:, 0], self.model.true_codes(x)[:, 0]
+        # Row-major copies: the model computes instance-major, an SAE reads rows.
+        hidden, codes = self.model(x).hidden[:, 0], self.model.true_codes(x)[:, 0]
+        return hidden.contiguous(), codes.contiguous()
 
     def feature_probability(self) -> torch.Tensor:
         """How often each ground-truth direction is active (a member of an anticorrelated set

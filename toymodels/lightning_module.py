@@ -18,7 +18,7 @@ from sae.run.prefetch import SeededBlocks
 from sae.run.schedules import lr_lambda
 from sae.run.seeding import draw_rank_batch, rank_blocks, toy_eval_seed
 from toymodels.config import ToyConfig
-from toymodels.data import FeatureDistribution
+from toymodels.data import FeatureDistribution, instance_major
 from toymodels.diagnostics import diagnose, represented
 from toymodels.models import ToyModel, build_model, weighted_loss
 
@@ -95,7 +95,11 @@ class ToyModelModule(StepEngine):
 
     def configure_optimizers(self) -> Any:
         o = self.config.optim
-        optimizer = torch.optim.AdamW(self.model.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        params = list(self.model.parameters())
+        # One kernel for all parameters where torch has it: the for-each version's dispatch
+        # costs ~10% of a CPU toy step.
+        fused = all(p.device.type in ("cpu", "cuda") for p in params)
+        optimizer = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay, fused=fused)
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(o.schedule, o.warmup_steps, self.config.train.steps)
         )
@@ -110,7 +114,8 @@ class ToyModelModule(StepEngine):
         restarts = self.config.train.restarts
         total = torch.zeros(self.distribution.n_instances, device=self.device, dtype=torch.float64)
         for x, n in self.eval_batches(samples):
-            total += self.per_instance_loss(x.repeat_interleave(restarts, dim=1)).double() * n
+            x = instance_major(x.repeat_interleave(restarts, dim=1))
+            total += self.per_instance_loss(x).double() * n
         return (total / samples).float()
 
     def eval_batches(self, samples: int) -> Iterator[tuple[Tensor, int]]:

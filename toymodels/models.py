@@ -59,8 +59,9 @@ class TiedToyModel(nn.Module):
     def forward(self, x: Tensor) -> ToyOutput:
         # Products in [instances, dims, batch] layout: the batch is the long side of each
         # product, which BLAS runs ~4x faster than the einsum layout with n_hidden as the
-        # output width (x.permute is a view: no copy).
-        hT = torch.matmul(self.W.transpose(1, 2), x.permute(1, 2, 0))
+        # output width. Inputs drawn by FeatureDistribution are stored so (instance_major):
+        # the permute is then a view and .contiguous() does nothing.
+        hT = torch.matmul(self.W.transpose(1, 2), x.permute(1, 2, 0).contiguous())
         if self.kind == "relu_hidden":
             hT = torch.relu(hT)
         out = torch.matmul(self.W, hT).permute(2, 0, 1) + self.b
@@ -126,7 +127,8 @@ class AbsValueModel(nn.Module):
         self.b = nn.Parameter(torch.zeros(n_instances, n_features))
 
     def forward(self, x: Tensor) -> ToyOutput:
-        hT = torch.relu(torch.matmul(self.W1.transpose(1, 2), x.permute(1, 2, 0)))  # see above
+        xT = x.permute(1, 2, 0).contiguous()  # see TiedToyModel.forward
+        hT = torch.relu(torch.matmul(self.W1.transpose(1, 2), xT))
         out = torch.relu(torch.matmul(self.W2.transpose(1, 2), hT).permute(2, 0, 1) + self.b)
         return ToyOutput(hT.permute(2, 0, 1), out)
 
