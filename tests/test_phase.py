@@ -15,7 +15,8 @@ from sae.run.config_io import from_dict
 from sae.run.errors import UsageError
 from toymodels.config import ToyConfig
 from toymodels.data import FeatureDistribution
-from toymodels.models import TiedToyModel, weighted_loss
+from toymodels.loss import weighted_loss
+from toymodels.models import TiedToyModel
 from toymodels.phase import (
     classify_extra_feature,
     closed_form_losses,

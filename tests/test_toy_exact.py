@@ -12,7 +12,8 @@ import torch
 from toymodels.config import ToyDataConfig
 from toymodels.data import FeatureDistribution, instance_major
 from toymodels.diagnostics import diagnose, represented
-from toymodels.models import TiedToyModel, build_model, weighted_loss
+from toymodels.loss import weighted_loss
+from toymodels.models import TiedToyModel, build_model
 
 N_SAMPLES = 200_000
 

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from toymodels.models import weighted_loss
+from toymodels.loss import weighted_loss
 
 ATTACK_FRACTION = 0.1
 """λ as a fraction of the mean L2 norm of the inputs (the paper's setting)."""

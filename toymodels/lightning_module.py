@@ -20,7 +20,8 @@ from sae.run.seeding import draw_rank_batch, rank_blocks, toy_eval_seed
 from toymodels.config import ToyConfig
 from toymodels.data import FeatureDistribution, instance_major
 from toymodels.diagnostics import diagnose, represented
-from toymodels.models import ToyModel, build_model, weighted_loss
+from toymodels.loss import toy_loss
+from toymodels.models import ToyModel, build_model
 
 
 class ToyModelModule(StepEngine):
@@ -72,8 +73,7 @@ class ToyModelModule(StepEngine):
         self.blocks.stop()
 
     def per_instance_loss(self, x: Tensor) -> Tensor:
-        out = self.model(x).output
-        return weighted_loss(out, self.model.target(x), self.distribution.importance)
+        return toy_loss(self.model, x, self.distribution.importance)
 
     def train_step(self, step: int) -> StepOutput:
         per_instance = self.per_instance_loss(self.draw_batch(step))

@@ -187,26 +187,3 @@ def select_instances(model: ToyModel, index: Tensor | slice) -> ToyModel:
     selected = build_model(model.kind, n_instances, n_features, n_hidden)
     selected.load_state_dict(state)
     return selected
-
-
-def weighted_loss(output: Tensor, target: Tensor, importance: Tensor) -> Tensor:
-    """Per-instance loss [instances]: importance-weighted squared error, mean over batch and
-    features. The training loss is its sum over instances, so instances never interact."""
-    return _WeightedLoss.apply(output, target, importance)
-
-
-class _WeightedLoss(torch.autograd.Function):
-    """``(importance * (output - target)²).mean((0, 2))`` with a hand-written backward: two
-    passes over the batch instead of autograd's six (the toy step is memory-bound)."""
-
-    @staticmethod
-    def forward(ctx, output: Tensor, target: Tensor, importance: Tensor) -> Tensor:  # type: ignore[override]
-        diff = output - target
-        ctx.save_for_backward(diff, importance)
-        return diff.square().mul_(importance).mean(dim=(0, 2))
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        diff, importance = ctx.saved_tensors
-        scale = importance * (2.0 / (diff.shape[0] * diff.shape[2])) * grad[:, None]
-        return diff * scale, None, None

@@ -1,0 +1,69 @@
+"""``toy_loss`` (one function, hand-written backward) against the plain composition through
+autograd, in float64, for every model kind and either input layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from toymodels.data import instance_major
+from toymodels.loss import toy_loss, weighted_loss
+from toymodels.models import build_model
+
+KINDS = ["linear", "relu_output", "relu_hidden", "abs"]
+
+
+def _setup(kind: str, seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    model = build_model(kind, 3, 9, 4, seed=seed).double()
+    with torch.no_grad():
+        # A bias that switches some outputs off and others on, so every ReLU has both sides.
+        model.b.uniform_(-0.3, 0.3, generator=g)
+    x = torch.rand(257, 3, 9, generator=g, dtype=torch.float64)
+    x *= torch.rand(x.shape, generator=g, dtype=torch.float64) < 0.4
+    if kind == "abs":
+        x = x * 2 - 1
+    importance = torch.rand(3, 9, generator=g, dtype=torch.float64) + 0.1
+    return model, x, importance
+
+
+def _loss_and_grads(model, loss_fn, weights: torch.Tensor):
+    model.zero_grad(set_to_none=True)
+    loss = loss_fn()
+    (loss * weights).sum().backward()
+    return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("layout", ["instance_major", "batch_major"])
+def test_toy_loss_equals_the_autograd_composition(kind: str, layout: str) -> None:
+    model, x, importance = _setup(kind)
+    if layout == "instance_major":
+        x = instance_major(x)
+    # Different weights per instance: each instance's gradient is checked on its own scale.
+    weights = torch.tensor([1.0, 0.5, 2.0], dtype=torch.float64)
+    fused, fused_grads = _loss_and_grads(model, lambda: toy_loss(model, x, importance), weights)
+    ref, ref_grads = _loss_and_grads(
+        model, lambda: weighted_loss(model(x).output, model.target(x), importance), weights
+    )
+    torch.testing.assert_close(fused, ref, rtol=1e-10, atol=1e-12)
+    assert fused_grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        assert ref_grads[name].abs().max() > 0, f"{name}: nothing to compare"
+        torch.testing.assert_close(fused_grads[name], ref_grads[name], rtol=1e-10, atol=1e-12)
+        assert fused_grads[name].is_contiguous()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_toy_loss_without_grad_and_with_an_input_gradient(kind: str) -> None:
+    model, x, importance = _setup(kind, seed=1)
+    expected = weighted_loss(model(x).output, model.target(x), importance).detach()
+    with torch.no_grad():
+        torch.testing.assert_close(toy_loss(model, x, importance), expected)
+    # An input that needs its own gradient goes through autograd (the fused function has none).
+    x = x.clone().requires_grad_()
+    loss = toy_loss(model, x, importance)
+    (grad_x,) = torch.autograd.grad(loss.sum(), x)
+    ref = weighted_loss(model(x).output, model.target(x), importance)
+    (ref_x,) = torch.autograd.grad(ref.sum(), x)
+    torch.testing.assert_close(grad_x, ref_x)
