@@ -128,3 +128,54 @@ def test_grid_plots(tmp_path: Path, m: int, zero: bool) -> None:
             plots.plot_geometry_grid(W, W[..., 0], W[..., 0] > 0, titles, tmp_path / "geo.png")
     for path in out:
         assert_png(path)
+
+
+@pytest.mark.parametrize(("k", "n"), [(1, 3), (7, 20), (16, 100)])
+def test_hand_laid_out_figures_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, k: int, n: int
+) -> None:
+    """The figures placed by hand (not by a layout engine) keep every label on the canvas, no
+    panel's title or tick labels run into another panel or the colour bar."""
+    checked: list[str] = []
+
+    def check_then_save(fig, path):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        canvas = fig.bbox
+        box = fig.get_tightbbox(renderer).transformed(fig.dpi_scale_trans)  # pixels
+        assert box.x0 >= -1 and box.y0 >= -1, path
+        assert box.x1 <= canvas.x1 + 1 and box.y1 <= canvas.y1 + 1, path
+        if Path(path).stem in ("wtw", "norms"):  # the grids: panels and a colour bar
+            boxes = [ax.get_tightbbox(renderer) for ax in fig.axes]
+            for i, a in enumerate(boxes):
+                for b in boxes[i + 1 :]:
+                    assert (
+                        a.intersection(a, b) is None
+                        or min(a.intersection(a, b).width, a.intersection(a, b).height) <= 1
+                    ), path
+        checked.append(Path(path).name)
+        save(fig, path)
+
+    save = plots.save_figure
+    monkeypatch.setattr(plots, "save_figure", check_then_save)
+    rng = np.random.default_rng(3)
+    W = rng.normal(size=(k, n, 2))
+    b = rng.normal(size=(k, n)) * 0.1
+    s = [stats(w) for w in W]
+    titles = [
+        f"p={p:.3g}, importance={j % 4}, repeat={j % 2}"
+        for j, p in enumerate(np.geomspace(1, 0.001, k))
+    ]
+    norms, interference, dims = (np.stack([x[i] for x in s]) for i in range(3))
+    plots.plot_wtw_grid(W, b, titles, tmp_path / "wtw.png")
+    plots.plot_feature_norms_grid(norms, interference, titles, tmp_path / "norms.png")
+    prob = np.geomspace(1, 0.001, k)
+    plots.plot_dimensionality(prob, dims, 2 / (W**2).sum(axis=(1, 2)), tmp_path / "d.png", "t")
+    plots.plot_adversarial(
+        prob,
+        rng.uniform(0.5, 3, k),
+        rng.uniform(0, 1, k),
+        rng.uniform(1, 3, k),
+        tmp_path / "adv.png",
+    )
+    assert checked == ["wtw.png", "norms.png", "d.png", "adv.png"]

@@ -20,7 +20,10 @@ import numpy as np
 from matplotlib.cm import ScalarMappable
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import ListedColormap, Normalize
-from matplotlib.ticker import MaxNLocator
+from matplotlib.font_manager import FontProperties
+from matplotlib.layout_engine import PlaceHolderLayoutEngine
+from matplotlib.textpath import text_to_path
+from matplotlib.ticker import FixedLocator, MaxNLocator
 from matplotlib.transforms import blended_transform_factory
 
 from sae.run.files import save_figure
@@ -40,9 +43,67 @@ DIMENSIONALITY_GUIDES: tuple[tuple[float, str], ...] = (
 def _finish(fig: plt.Figure, path: str | os.PathLike, title: str) -> Path:
     """Set the title, save the figure atomically and return the path."""
     if title:
-        fig.suptitle(title)
+        if isinstance(fig.get_layout_engine(), PlaceHolderLayoutEngine):  # laid out by hand
+            fig.suptitle(title, y=1.0 - _EDGE / fig.get_figheight(), va="top")
+        else:
+            fig.suptitle(title)
     save_figure(fig, path)
     return Path(path)
+
+
+# -- layout by hand ---------------------------------------------------------------------------
+# The figures below know their geometry, so they place their axes once from font sizes instead
+# of asking constrained layout, which measures every tick label of every panel twice per save
+# (about half the drawing time of a grid). The placeholder layout engine marks a figure as laid
+# out: save_figure then skips its bbox_inches="tight" pass, which would measure them all again.
+
+_PT = 1.0 / 72.0  # inches per point
+_EDGE = 0.08  # inches of blank border around the figure
+_TICK = (plt.rcParams["ytick.major.size"] + plt.rcParams["ytick.major.pad"]) * _PT
+_LABELPAD = plt.rcParams["axes.labelpad"] * _PT
+_TITLEPAD = plt.rcParams["axes.titlepad"] * _PT
+_LINE = 1.25 * _PT  # height of a text line per point of font size
+_SUPTITLE = 14.0 * _LINE + 2 * _EDGE  # the suptitle ("large") and the gap below it
+
+
+def _text_width(text: str, size: float | str = "medium") -> float:
+    """Width in inches of one line of text at ``size`` (the default font; 5% slack for the
+    hinting of the raster backend). Mathtext when the string has a $...$ part."""
+    ismath = text.count("$") >= 2
+    width, _, _ = text_to_path.get_text_width_height_descent(
+        text, FontProperties(size=size), ismath=ismath
+    )
+    return 1.05 * width * _PT
+
+
+def _size(size: float | str) -> float:
+    """A font size in points (named sizes relative to rcParams["font.size"])."""
+    return FontProperties(size=size).get_size_in_points()
+
+
+def _tick_label_width(axis: matplotlib.axis.Axis) -> float:
+    """Inches of the widest major tick label ``axis`` will draw at its current limits, from its
+    locator and formatter (no tick objects made)."""
+    lo, hi = sorted(axis.get_view_interval())
+    span = (hi - lo) * 1e-9
+    locs = [x for x in axis.get_majorticklocs() if lo - span <= x <= hi + span]
+    labels = axis.get_major_formatter().format_ticks(locs)
+    size = plt.rcParams["ytick.labelsize"]
+    return max((_text_width(label, size) for label in labels), default=0.0)
+
+
+def _figure(width: float, height: float) -> plt.Figure:
+    """A figure whose axes the caller places (the placeholder engine: see the note above)."""
+    return plt.figure(
+        figsize=(width, height),
+        layout=PlaceHolderLayoutEngine(adjust_compatible=True, colorbar_gridspec=True),
+    )
+
+
+def _place(fig: plt.Figure, left: float, bottom: float, right: float, top: float) -> list:
+    """Axes rectangle [l, b, w, h] in figure fractions from margins in inches."""
+    width, height = fig.get_size_inches()
+    return [left / width, bottom / height, 1 - (left + right) / width, 1 - (bottom + top) / height]
 
 
 def plot_dimensionality(
@@ -59,7 +120,20 @@ def plot_dimensionality(
     x_inst = x.reshape(dim.shape[0], -1).mean(axis=1)
     x_feat = np.broadcast_to(x.reshape(dim.shape[0], -1), dim.shape)
     d_star = np.asarray(dims_per_feature, dtype=float).ravel()
-    fig, ax = plt.subplots(figsize=(8.0, 5.0), layout="constrained")
+    fig = _figure(8.0, 5.0)
+    # Margins from what sits there: y label and tick labels (0.0 to 1.0) on the left, the log
+    # tick labels (10^k) and x label below, the guide labels right, the legend and title above.
+    # Guide labels at x = 1.01 of an axes about 6.5 in wide.
+    guide = 0.01 * 6.5 + max(_text_width(label, 7.5) for _, label in DIMENSIONALITY_GUIDES)
+    ax = fig.add_axes(
+        _place(
+            fig,
+            left=_EDGE + 1.4 * _LINE * 10 + _LABELPAD + _text_width("0.0") + _TICK,
+            bottom=_EDGE + _LINE * 10 + _LABELPAD + 1.4 * _LINE * 10 + _TICK,
+            right=_EDGE + guide,
+            top=_EDGE + (_SUPTITLE if title else 0.0) + 2.2 * _LINE * 8,  # legend: 1 row
+        )
+    )
     ax.set_xscale("log")
     ok = np.isfinite(dim) & np.isfinite(x_feat) & (x_feat > 0)
     zero = ok & (dim < 1e-2)
@@ -160,10 +234,69 @@ def plot_phase_diagram(record: dict, path: str | os.PathLike, title: str = "") -
 # -- grid figures: one file per quantity across the instances of a run ------------------------
 
 
-def _grid(count: int, panel: tuple[float, float], **kw: object) -> tuple[plt.Figure, np.ndarray]:
-    """A figure of ``count`` panels in a near-square grid (unused panels hidden)."""
+def _grid_shape(count: int) -> tuple[int, int]:
+    """Rows and columns of a near-square grid of ``count`` panels."""
     cols = int(np.ceil(np.sqrt(count)))
-    rows = int(np.ceil(count / cols))
+    return int(np.ceil(count / cols)), cols
+
+
+def _fixed_grid(
+    count: int,
+    box: tuple[float, float],
+    pad: tuple[float, float, float, float],
+    colorbar: tuple[float, float, float, float] | None = None,
+    **kw: object,
+) -> tuple[plt.Figure, list, plt.Axes | None]:
+    """A figure of ``count`` panels in a near-square grid, placed by hand. ``box`` (w, h) is
+    the axes box of a panel in inches and ``pad`` (left, bottom, right, top) the room around it
+    for its tick labels and title. ``colorbar`` (width, room, shrink, label): a colour bar of
+    ``width`` inches in ``room`` inches right of the grid, as tall as ``shrink`` times the
+    panel rows, or as its label of ``label`` inches if taller (up to the rows). Returns the
+    figure, the panel axes and the colour-bar axes (None without one). ``kw`` goes to every
+    ``add_axes``; ``sharex``/``sharey`` True share the first panel's axis."""
+    rows, cols = _grid_shape(count)
+    left, bottom, right, top = pad
+    cell = (left + box[0] + right, bottom + box[1] + top)
+    width = 2 * _EDGE + cols * cell[0] + (colorbar[1] if colorbar else 0.0)
+    height = 2 * _EDGE + _SUPTITLE + rows * cell[1]
+    if colorbar:  # room for the colour bar's label, beside the suptitle if need be
+        height = max(height, 2 * _EDGE + 0.1 + colorbar[3])
+    fig = _figure(width, height)
+    axes: list = []
+    for k in range(count):
+        r, c = divmod(k, cols)
+        x0 = _EDGE + c * cell[0] + left
+        y0 = height - _EDGE - _SUPTITLE - (r + 1) * cell[1] + bottom
+        share = {key: axes[0] for key in ("sharex", "sharey") if axes and kw.get(key)}
+        rest = {key: v for key, v in kw.items() if key not in ("sharex", "sharey")}
+        rect = (x0 / width, y0 / height, box[0] / width, box[1] / height)
+        axes.append(fig.add_axes(rect, **share, **rest))
+    cax = None
+    if colorbar:
+        bar_w, _, shrink, label = colorbar
+        lo = height - _EDGE - _SUPTITLE - rows * cell[1] + bottom
+        hi = height - _EDGE - _SUPTITLE - top
+        bar_h = max(shrink * (hi - lo), min(label, hi - lo))
+        x0 = _EDGE + cols * cell[0] + 0.1
+        # Centred on the panels, its label (centred on it) inside the figure.
+        y0 = (lo + hi - bar_h) / 2
+        y0 = float(np.clip(y0, _EDGE + (label - bar_h) / 2, height - _EDGE - (label + bar_h) / 2))
+        cax = fig.add_axes((x0 / width, y0 / height, bar_w / width, bar_h / height))
+    return fig, axes, cax
+
+
+def _colorbar_room(bar_width: float, tick_labels: list[str], label_lines: float) -> float:
+    """Inches right of a grid for its colour bar: gap, bar, ticks, tick labels, axis label of
+    ``label_lines`` lines (medium font) and the figure edge."""
+    labels = max(_text_width(t) for t in tick_labels)
+    text = label_lines * _LINE * _size("medium")
+    return 0.1 + bar_width + _TICK + labels + _LABELPAD + text + 0.05
+
+
+def _grid(count: int, panel: tuple[float, float], **kw: object) -> tuple[plt.Figure, np.ndarray]:
+    """A figure of ``count`` panels in a near-square grid (unused panels hidden), laid out by
+    constrained layout (for panels whose tick labels depend on the data)."""
+    rows, cols = _grid_shape(count)
     fig, axes = plt.subplots(
         rows,
         cols,
@@ -185,20 +318,24 @@ def plot_wtw_grid(
     W = np.asarray(W, dtype=float)
     b = np.asarray(b, dtype=float)
     n = W.shape[1]
-    fig, axes = _grid(len(W), (2.6, 2.5))
+    label = "W Wᵀ and b (÷ panel max)"
+    title_lines = 2 * _LINE * _size(8) + _TITLEPAD
+    box_w = max(2.2, max((_text_width(t, 8) for t in titles), default=0.0))
+    box = (box_w, box_w * n / (n + 2))  # the image's aspect: n rows, n + 2 columns
+    bar_w = 0.22
+    room = _colorbar_room(bar_w, ["−0.75"], 1)
+    fig, axes, cax = _fixed_grid(
+        len(W), box, (0.1, 0.1, 0.1, title_lines), colorbar=(bar_w, room, 0.6, _text_width(label))
+    )
     for ax, Wk, bk, name in zip(axes, W, b, titles):
         gram = Wk @ Wk.T
         image = np.concatenate([gram, np.full((n, 1), np.nan), bk[:, None]], axis=1)
         vmax = float(np.nanmax(np.abs(image), initial=0.0)) or 1.0
         ax.imshow(image, cmap="RdBu", vmin=-vmax, vmax=vmax, interpolation="nearest")
-        ax.set_title(f"{name}\n|max| {vmax:.2g}", fontsize=8)
+        # y given: the title sits on the box, not fitted to (absent) tick labels at each draw.
+        ax.set_title(f"{name}\n|max| {vmax:.2g}", fontsize=8, y=1.0)
         ax.set(xticks=[], yticks=[])
-    fig.colorbar(
-        ScalarMappable(Normalize(-1, 1), "RdBu"),
-        ax=list(axes),
-        shrink=0.6,
-        label="W Wᵀ and b (÷ panel max)",
-    )
+    fig.colorbar(ScalarMappable(Normalize(-1, 1), "RdBu"), cax=cax, label=label)
     return _finish(fig, path, title or "W Wᵀ | b per instance")
 
 
@@ -214,23 +351,47 @@ def plot_feature_norms_grid(
     interference = np.nan_to_num(np.asarray(interference, dtype=float), nan=0.0)
     n = norms.shape[1]
     cmap, norm = plt.get_cmap("inferno"), Normalize(0.0, 1.0, clip=True)
-    fig, axes = _grid(len(norms), (2.4, float(np.clip(0.12 * n + 1.2, 2.0, 6.0))))
+    count = len(norms)
+    cols = _grid_shape(count)[1]
+    # Every panel has the same scales, so they share their axes: y tick labels (feature index)
+    # on the left column, x tick labels (norm) under the lowest panel of each column only.
+    pad = (
+        _TICK + _text_width(str(max(n - 1, 0)), 7) + 0.08,  # y tick labels
+        _TICK + _LINE * 7,  # x tick labels
+        0.12,
+        _TITLEPAD + _LINE * 8,  # title
+    )
+    label = r"interference $\sum_{j\neq i}(\hat{W}_i\cdot W_j)^2$"
+    box = (
+        max(2.4 - pad[0] - pad[2], max((_text_width(t, 8) for t in titles), default=0.0)),
+        float(np.clip(0.12 * n + 1.2, 2.0, 6.0)) - pad[1] - pad[3],
+    )
+    bar_w = 0.25
+    room = _colorbar_room(bar_w, ["0.0"], 2.2)  # the label's sum has a subscript line
+    fig, axes, cax = _fixed_grid(
+        count, box, pad, (bar_w, room, 1.0, _text_width(label)), sharex=True, sharey=True
+    )
     top = max(1.1, float(np.nanmax(norms, initial=0.0)) * 1.05)
-    for ax, nk, ik, name in zip(axes, norms, interference, titles):
+    axes[0].set(ylim=(n - 0.5, -0.5), xlim=(0.0, top))  # shared by all panels
+    axes[0].yaxis.set_major_locator(MaxNLocator(integer=True))  # feature indices
+    for k, (ax, nk, ik, name) in enumerate(zip(axes, norms, interference, titles)):
         # One collection of n rectangles: as drawn by barh, without n patches to lay out.
         y = np.arange(n)
         bars = [[(0, i - 0.4), (w, i - 0.4), (w, i + 0.4), (0, i + 0.4)] for i, w in zip(y, nk)]
         ax.add_collection(
             PolyCollection(bars, facecolors=cmap(norm(ik)), edgecolors="0.5", linewidths=0.3)
         )
-        ax.set_ylim(n - 0.5, -0.5)
-        ax.set_xlim(0.0, top)
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # feature indices
         ax.axvline(1.0, color="0.6", linestyle=":", linewidth=0.8)
-        ax.set_title(name, fontsize=8)
-        ax.tick_params(labelsize=7)
-    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=list(axes), extend="max")
-    cbar.set_label(r"interference $\sum_{j\neq i}(\hat{W}_i\cdot W_j)^2$")
+        ax.set_title(name, fontsize=8, y=1.0)  # y given: not fitted at each draw (ticks below)
+        ax.tick_params(labelsize=7, labelleft=k % cols == 0, labelbottom=k + cols >= count)
+    for axis in (axes[0].xaxis, axes[0].yaxis):
+        # The locator's ticks, kept only where they show: no tick objects made for the ones
+        # outside the limits, in every panel.
+        lo, hi = sorted(axis.get_view_interval())
+        locs = axis.get_majorticklocs()
+        axis.set_major_locator(FixedLocator(locs[(locs >= lo) & (locs <= hi)]))
+    cbar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), cax=cax, extend="max")
+    cbar.set_label(label)
     return _finish(fig, path, title or r"feature norms $\|W_i\|$ (feature 0 on top)")
 
 
@@ -333,7 +494,12 @@ def plot_adversarial(
     fpd = np.asarray(features_per_dimension, dtype=float)
     v = np.asarray(vulnerability, dtype=float)
     amp = np.asarray(amplification, dtype=float)
-    fig, axes = plt.subplots(1, 2, figsize=(10.0, 3.9), layout="constrained")
+    fig = _figure(10.0, 3.9)
+    # Laid out by hand: the heights are known (tick labels and x label below, title above);
+    # the widths are set once the y tick labels (which depend on the data) are known.
+    bottom = _EDGE + 1.2 * _LINE * 10 + _LABELPAD + 1.2 * _LINE * 10 + _TICK
+    axes = [fig.add_axes(_place(fig, 0.0, bottom, 0.0, _EDGE + _SUPTITLE)) for _ in range(2)]
+    twins = []
     for ax, x, label, log in (
         (axes[0], 1.0 / p, "1 / (1 − S)", True),
         (axes[1], fpd, r"features per dimension $1/D^* = \|W\|_F^2 / m$", False),
@@ -351,6 +517,20 @@ def plot_adversarial(
             lim = [min(1.0, float(np.nanmin(fpd, initial=1.0))), float(np.nanmax(fpd, initial=1.0))]
             twin.plot(lim, lim, color="0.7", linewidth=0.8, zorder=0)
         ax.grid(alpha=0.3)
+        twins.append(twin)
+    # Each pair's side margins: y label line, label pad, tick labels, ticks (left and right).
+    edge = _LINE * 10 + _LABELPAD + _TICK
+    sides = [
+        (edge + _tick_label_width(a.yaxis), edge + _tick_label_width(t.yaxis))
+        for a, t in zip(axes, twins)
+    ]
+    x0, room = _EDGE, 10.0 - 2 * _EDGE - 0.25 - sum(map(sum, sides))  # 0.25 between the pairs
+    for ax, twin, (left, right) in zip(axes, twins, sides):
+        box = ax.get_position()
+        rect = (x0 + left) / 10.0, box.y0, room / 2 / 10.0, box.height
+        ax.set_position(rect)
+        twin.set_position(rect)
+        x0 += left + room / 2 + right + 0.25
     return _finish(fig, path, title or "analytic L2 attack, λ = 0.1 × mean ‖x‖ (active inputs)")
 
 
