@@ -43,8 +43,10 @@ class ToyModelModule(StepEngine):
         self.distribution = FeatureDistribution.from_config(
             config.data, m.n_features, repeats_each=restarts, signed=self.model.signed_inputs
         )
-        self.blocks = SeededBlocks(self.distribution.sample, config.train.seed)
-        """The training batches' seeded blocks (drawn ahead on a spare CPU core)."""
+        d = self.distribution
+        self.blocks = SeededBlocks(d.uniforms, config.train.seed, finish=d.features)
+        """The training batches' seeded blocks (their random numbers drawn ahead on a spare CPU
+        core)."""
 
     def draw_batch(self, step: int) -> Tensor:
         """This rank's share of global batch ``step``: blocks of a seeded stream, so any

@@ -6,8 +6,10 @@ batches stay exactly the ones the training step would have made itself. Two user
 
 - a streamed activation file (``sae.data.FileSource``): rows gathered from the memory map;
 - data drawn from a seed (``SeededBlocks``: toy-model features, a toy model run live for an
-  SAE): on the CPU the draw, up to half of a toy step, runs on a second core (torch releases the
-  GIL inside its kernels).
+  SAE): on the CPU the draw runs on a second core (torch releases the GIL inside its kernels).
+  For toy features the thread makes only the random numbers, the costly part: every torch call
+  on that thread costs the training thread a GIL handoff, which on a virtual machine's idle core
+  costs more than the cheap elementwise passes that turn them into features.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import queue
 import threading
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -45,7 +48,7 @@ class BlockPrefetcher:
 
     def __init__(
         self,
-        produce: Callable[[int, int], Tensor],
+        produce: Callable[[int, int], Any],
         shards: range,
         first_step: int,
         end_step: int,
@@ -53,7 +56,7 @@ class BlockPrefetcher:
     ) -> None:
         self.queue: queue.Queue = queue.Queue(maxsize=DEPTH * len(shards))
         self._stop = threading.Event()
-        self._next: tuple[tuple[int, int], Tensor] | None = None
+        self._next: tuple[tuple[int, int], Any] | None = None
         keys = ((step, shard) for step in range(first_step, end_step) for shard in shards)
 
         def work() -> None:
@@ -74,7 +77,7 @@ class BlockPrefetcher:
         self._thread = threading.Thread(target=work, name=name, daemon=True)
         self._thread.start()
 
-    def take(self, step: int, shard: int) -> Tensor | None:
+    def take(self, step: int, shard: int) -> Any:
         """The block of (step, shard), or None when the producer is not at it (it stopped, or
         the caller asks for a block it already passed): then the caller makes the block
         itself, and a producer that failed fails there again, with its error, in the caller's
@@ -102,26 +105,34 @@ class BlockPrefetcher:
 
 
 class SeededBlocks:
-    """Blocks ``draw(rows, generator)`` of a seeded stream: block (step, shard) is drawn from
-    ``shard_seed(seed, step, shard)``, so it is the same block whoever draws it and whenever.
-    After ``start``, a spare CPU core draws the coming steps' blocks ahead."""
+    """Blocks ``finish(draw(rows, generator))`` of a seeded stream: block (step, shard) is drawn
+    from ``shard_seed(seed, step, shard)``, so it is the same block whoever draws it and
+    whenever. After ``start``, a spare CPU core runs ``draw`` for the coming steps ahead;
+    ``finish`` (optional) runs when the step asks for its block: cheap work that would cost
+    the training thread more in GIL handoffs than it takes to do."""
 
-    def __init__(self, draw: Callable[[int, torch.Generator], Tensor], seed: int) -> None:
-        self.draw, self.seed = draw, seed
+    def __init__(
+        self,
+        draw: Callable[[int, torch.Generator], Any],
+        seed: int,
+        finish: Callable[[Any], Tensor] | None = None,
+    ) -> None:
+        self.draw, self.seed, self.finish = draw, seed, finish
         self._generator: torch.Generator | None = None
         self._ahead: BlockPrefetcher | None = None
         self._ahead_shape: tuple[int, torch.device] | None = None
 
     def block(self, step: int, shard: int, rows: int, device: torch.device) -> Tensor:
+        drawn = None
         if self._ahead is not None and self._ahead_shape == (rows, device):
-            block = self._ahead.take(step, shard)
-            if block is not None:
-                return block
-        if self._generator is None or self._generator.device != device:
-            self._generator = torch.Generator(device=device)
-        return self._draw(step, shard, rows, self._generator)
+            drawn = self._ahead.take(step, shard)
+        if drawn is None:
+            if self._generator is None or self._generator.device != device:
+                self._generator = torch.Generator(device=device)
+            drawn = self._draw(step, shard, rows, self._generator)
+        return drawn if self.finish is None else self.finish(drawn)
 
-    def _draw(self, step: int, shard: int, rows: int, generator: torch.Generator) -> Tensor:
+    def _draw(self, step: int, shard: int, rows: int, generator: torch.Generator) -> Any:
         return self.draw(rows, generator.manual_seed(shard_seed(self.seed, step, shard)))
 
     def start(
