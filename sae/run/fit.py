@@ -27,7 +27,12 @@ from sae.run.guards import (
 )
 from sae.run.layout import RunDir
 from sae.run.progress import progress_callback
-from sae.run.runtime import RuntimeConfig, apply_threads, make_wandb_logger
+from sae.run.runtime import (
+    RuntimeConfig,
+    apply_threads,
+    make_wandb_logger,
+    retain_freed_memory,
+)
 
 
 class FitResult(NamedTuple):
@@ -61,7 +66,8 @@ def fit(
     """Train ``module`` for its ``total_steps`` under a run ``config`` (a toy or SAE run: its
     ``runtime``, ``wandb``, ``train.log_every`` and ``train.checkpoint_every``): threads,
     wandb, the trainer, ``config.yaml`` on rank 0, resuming from ``last.ckpt``, TF32 on CUDA
-    during training only. ``job_type``: the wandb run's ("toy", "sae")."""
+    during training only, freed memory kept for reuse on the CPU (``retain_freed_memory``).
+    ``job_type``: the wandb run's ("toy", "sae")."""
     runtime = config.runtime
     apply_threads(runtime)
     logger = make_wandb_logger(config.wandb, out_dir, config_to_dict(config), job_type)
@@ -74,6 +80,8 @@ def fit(
         log_every=config.train.log_every,
         checkpoint_every=config.train.checkpoint_every,
     )
+    if trainer.strategy.root_device.type == "cpu":
+        retain_freed_memory()
     if trainer.is_global_zero:
         write_text(RunDir(out_dir).config, config_to_yaml(config))
     with _matmul_precision(runtime.tf32 and trainer.strategy.root_device.type == "cuda"):
