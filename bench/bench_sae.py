@@ -46,7 +46,7 @@ from sae.config import SAEConfig, SAERunConfig, SAETrainConfig, SweepConfig
 from sae.data import FileSource, GeneratedSource
 from sae.lightning_module import SAEModule
 from sae.run.metrics_log import MetricsFile
-from sae.run.runtime import RuntimeConfig, WandbConfig
+from sae.run.runtime import RuntimeConfig, WandbConfig, retain_freed_memory
 from sae.run.schedules import warmup_factor
 from sae.train import FiringHistogram
 from toymodels.data import FeatureDistribution
@@ -199,6 +199,7 @@ def main() -> None:
     global DRAW_AHEAD
     DRAW_AHEAD = not args.no_draw_ahead
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    retain_freed_memory()  # as training does (sae.run.fit); process-wide: both paths get it
 
     root = memory_folder()
     print(f"SAE d_in {D_IN}, {D_SAE} latents, batch {BATCH}, april2024; {machine(load=True)}")

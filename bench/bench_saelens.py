@@ -250,6 +250,11 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     torch.set_num_threads(args.threads)
+    from sae.run.runtime import retain_freed_memory
+
+    # What the project's training sets (sae.run.fit) from the start, so its first repeat runs
+    # as the later ones; process-wide, so SAELens runs with it too.
+    retain_freed_memory()
 
     root = memory_folder()
     runs: dict[str, list[Timing]] = {"this project (train_saes)": [], "SAELens (SAETrainer)": []}

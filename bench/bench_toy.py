@@ -21,7 +21,7 @@ from typing import NamedTuple
 import torch
 from common import add_repeats, add_steps, bare_times, lightning_times, machine, parser
 
-from sae.run.runtime import RuntimeConfig, WandbConfig
+from sae.run.runtime import RuntimeConfig, WandbConfig, retain_freed_memory
 from toymodels.config import ToyConfig, ToyDataConfig, ToyModelConfig, ToyTrainConfig
 from toymodels.lightning_module import ToyModelModule
 
@@ -75,6 +75,7 @@ def main() -> None:
     add_repeats(ap, 5, 1, "torch intra-op threads")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    retain_freed_memory()  # as training does (sae.run.fit); process-wide: both paths get it
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
 
     w, n, t = args.warmup, args.steps, args.threads
