@@ -3,6 +3,7 @@ step per call (weights, optimizer state, logged metrics, checkpoints), for both 
 
 from __future__ import annotations
 
+import math
 import platform
 import subprocess
 import sys
@@ -202,3 +203,27 @@ def test_freed_memory_is_reused_without_page_faults() -> None:
         [sys.executable, "-c", FAULTS_SCRIPT], capture_output=True, text=True, check=True
     )
     assert int(out.stdout.split()[-1]) < 128_000 // 100
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "64-true"])
+def test_toy_precision_settings_train_evaluate_and_save_float32(
+    tmp_path: Path, precision: str
+) -> None:
+    # 64-true used to fail in the final evaluation (float32 samples into a float64 model).
+    config = from_dict(
+        ToyConfig,
+        {
+            "model": {"kind": "relu_output", "n_features": 6, "n_hidden": 2},
+            "data": {"feature_probability": [1.0, 0.1]},
+            "train": {"steps": 30, "batch_size": 64, "eval_samples": 512},
+            "runtime": {"threads": 1, "progress_bar": False, "precision": precision},
+            "wandb": {"enabled": False},
+        },
+    )
+    metrics = train_toy(config, tmp_path / "run")
+    assert metrics is not None
+    assert all(math.isfinite(inst["loss"]) for inst in metrics["instances"])
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "run" / "model.safetensors")
+    assert {t.dtype for t in weights.values()} == {torch.float32}

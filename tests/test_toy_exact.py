@@ -310,6 +310,26 @@ def test_samples_are_stored_instance_major_with_the_batch_major_numbers() -> Non
     assert torch.equal(instance_major(u), u) and not instance_major(u).is_contiguous()
 
 
+def test_training_batches_of_several_blocks_are_stored_instance_major() -> None:
+    """Blocks joined along the batch (``train.data_shards`` > 1) come back in the layout the
+    products read, with the same numbers."""
+    from sae.run.config_io import from_dict
+    from toymodels.config import ToyConfig
+    from toymodels.lightning_module import ToyModelModule
+
+    config = {
+        "model": {"kind": "relu_output", "n_features": 5, "n_hidden": 2},
+        "data": {"feature_probability": [1.0, 0.3]},
+        "train": {"batch_size": 64, "data_shards": 4},
+        "wandb": {"enabled": False},
+    }
+    module = ToyModelModule(from_dict(ToyConfig, config))
+    x = module.draw_batch(3)
+    assert x.shape == (64, 2, 5) and x.permute(1, 2, 0).is_contiguous()
+    blocks = [module.blocks.block(3, shard, 16, x.device) for shard in range(4)]
+    assert torch.equal(x, torch.cat(blocks))
+
+
 @pytest.mark.parametrize("kind", ["linear", "relu_output", "relu_hidden", "abs"])
 def test_models_read_either_layout(kind: str) -> None:
     model = build_model(kind, 3, 7, 2, seed=1)

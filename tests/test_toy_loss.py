@@ -67,3 +67,25 @@ def test_toy_loss_without_grad_and_with_an_input_gradient(kind: str) -> None:
     ref = weighted_loss(model(x).output, model.target(x), importance)
     (ref_x,) = torch.autograd.grad(ref.sum(), x)
     torch.testing.assert_close(grad_x, ref_x)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_toy_loss_with_frozen_parameters(kind: str) -> None:
+    """Every subset of frozen parameters: the trainable ones get autograd's gradient, the frozen
+    ones none (the backward's per-input branches)."""
+    model, x, importance = _setup(kind, seed=2)
+    names = [name for name, _ in model.named_parameters()]
+    for frozen_mask in range(1, 2 ** len(names) - 1):
+        frozen = {name for i, name in enumerate(names) if frozen_mask >> i & 1}
+        for name, p in model.named_parameters():
+            p.requires_grad_(name not in frozen)
+        model.zero_grad(set_to_none=True)
+        toy_loss(model, x, importance).sum().backward()
+        fused = {k: None if p.grad is None else p.grad.clone() for k, p in model.named_parameters()}
+        model.zero_grad(set_to_none=True)
+        weighted_loss(model(x).output, model.target(x), importance).sum().backward()
+        for name, p in model.named_parameters():
+            if name in frozen:
+                assert fused[name] is None and p.grad is None, name
+            else:
+                torch.testing.assert_close(fused[name], p.grad, rtol=1e-10, atol=1e-12)

@@ -96,7 +96,7 @@ class FeatureDistribution(nn.Module):
         return marginal
 
     def select(self, index: Tensor | slice) -> FeatureDistribution:
-        """The distribution of the chosen instances only."""
+        """The distribution of the chosen instances only (in this one's dtype)."""
         return FeatureDistribution(
             self.probability[index],
             self.importance[index],
@@ -104,7 +104,7 @@ class FeatureDistribution(nn.Module):
             self.anticorrelated_sets,
             self.set_size,
             self.signed,
-        )
+        ).to(self.probability.dtype)
 
     def sample(self, batch_size: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw x [batch_size, instances, n_features] on the buffers' device, stored
@@ -121,10 +121,10 @@ class FeatureDistribution(nn.Module):
         thread a GIL handoff, which on a virtual machine's idle core can cost more than the
         few cheap passes of ``features``, so those stay in the training step."""
         shape = (batch_size, self.n_instances)
-        device = self.probability.device
+        device, dtype = self.probability.device, self.probability.dtype
         sizes = [self.n_features, self.correlated_sets, self.anticorrelated_sets]
         return [
-            torch.rand((*shape, n), device=device, generator=generator)
+            torch.rand((*shape, n), device=device, dtype=dtype, generator=generator)
             for i, n in enumerate(sizes)
             if i == 0 or n
         ]

@@ -52,17 +52,20 @@ class ToyModelModule(StepEngine):
         """This rank's share of global batch ``step``: blocks of a seeded stream, so any
         device count that divides ``data_shards`` sees the same global batch."""
         train = self.config.train
-        return draw_rank_batch(
-            lambda shard, rows: self.blocks.block(step, shard, rows, self.device),
-            train.data_shards,
-            train.batch_size,
-            *self.world_and_rank(),
+        # (several blocks are joined batch-major: back to the layout the products read)
+        return instance_major(
+            draw_rank_batch(
+                lambda shard, rows: self.blocks.block(step, shard, rows, self.device),
+                train.data_shards,
+                train.batch_size,
+                *self.world_and_rank(),
+            )
         )
 
     def on_train_start(self) -> None:
         super().on_train_start()
-        # The draw is up to half of a CPU step: with a core to spare, the coming steps' blocks
-        # are drawn on it.
+        # With a CPU core to spare, the random numbers of the coming steps' blocks are drawn on
+        # it (the masks that turn them into features run in the step).
         t = self.config.train
         shards, rows = rank_blocks(t.data_shards, t.batch_size, *self.world_and_rank())
         draw_ahead = self.config.runtime.draw_ahead

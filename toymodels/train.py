@@ -50,9 +50,10 @@ def train_toy(
         module.blocks.stop()  # after an error too: Lightning then calls no module hook
     if not result.is_global_zero:
         return None
-    # The final evaluation runs where training ran (Lightning hands the module back on the CPU).
+    # The final evaluation runs where training ran (Lightning hands the module back on the CPU),
+    # in float32 whatever the training precision: the model as it is saved.
     device = result.trainer.strategy.root_device
-    losses = module.to(device).evaluate(config.train.eval_samples).cpu()
+    losses = module.to(device, torch.float32).evaluate(config.train.eval_samples).cpu()
     metrics = _finish(module.cpu(), losses, config, out_dir, result, recorder)
     if result.logger is not None and config.wandb.log_artifacts:
         from sae.run.artifacts import log_files

@@ -116,28 +116,33 @@ def apply_threads(runtime: RuntimeConfig) -> None:
         torch.set_num_threads(runtime.threads)
 
 
-MMAP_THRESHOLD = 64 << 20
-"""Allocations below this come from malloc's heap, whose freed memory is reused."""
+MMAP_THRESHOLD = 32 << 20
+"""Allocations below this come from malloc's heap, whose freed memory is reused (32 MiB: the
+largest value glibc before 2.35 accepts on 64-bit)."""
 TRIM_THRESHOLD = 256 << 20
 """Free memory at the heap's top that malloc keeps instead of handing back to the kernel."""
 
 
 def retain_freed_memory() -> bool:
-    """Make glibc's malloc keep freed memory for the next allocation (``mallopt``); False where
-    the C library is not glibc.
+    """Make glibc's malloc keep freed memory for the next allocation (``mallopt``); False (and
+    nothing changed) where the C library is not glibc or refuses the setting.
 
     A CPU training step frees and allocates the same few 0.1-2 MB tensors every step. By default
     glibc serves such sizes with fresh ``mmap``s, or trims them off the heap's top once freed,
     so every step faults their pages in again (tests/test_engine.py: 99,200 faults in 128,000
-    pages written; none kept). The toy sweep's training ran 1.3x faster for it (BENCHMARKS.md).
-    The cost: up to ``TRIM_THRESHOLD`` of free memory kept by a process about to reuse it (the
-    toy sweep's peak RSS grew by 32 MB)."""
+    pages written; almost none kept). The toy sweep's training ran about 1.25x faster for it
+    (BENCHMARKS.md). The setting is process-wide and stays after training: freed blocks under
+    ``MMAP_THRESHOLD`` are kept for reuse, not handed back (the toy sweep's peak RSS grew by
+    32 MB)."""
+    if not sys.platform.startswith("linux"):
+        return False
     try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # no mallopt: musl and other C libraries
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's <malloc.h>
+    # Setting either turns off glibc's own threshold adjustment, and the trim threshold alone
+    # faults more than the defaults: set it only once the mmap threshold is accepted.
     return bool(mallopt(m_mmap_threshold, MMAP_THRESHOLD)) and bool(
         mallopt(m_trim_threshold, TRIM_THRESHOLD)
     )
