@@ -130,7 +130,7 @@ def retain_freed_memory() -> bool:
     A CPU training step frees and allocates the same few 0.1-2 MB tensors every step. By default
     glibc serves such sizes with fresh ``mmap``s, or trims them off the heap's top once freed,
     so every step faults their pages in again (tests/test_engine.py: 99,200 faults in 128,000
-    pages written; almost none kept). The toy sweep's training ran about 1.25x faster for it
+    pages written; almost none kept). The toy sweep's training ran 1.1-1.25x faster for it
     (BENCHMARKS.md). The setting is process-wide and stays after training: freed blocks under
     ``MMAP_THRESHOLD`` are kept for reuse, not handed back (the toy sweep's peak RSS grew by
     32 MB)."""
