@@ -3,14 +3,17 @@ autograd, in float64, for every model kind and either input layout."""
 
 from __future__ import annotations
 
+from typing import get_args
+
 import pytest
 import torch
 
+from toymodels.config import ToyKind
 from toymodels.data import instance_major
 from toymodels.loss import toy_loss, weighted_loss
 from toymodels.models import build_model
 
-KINDS = ["linear", "relu_output", "relu_hidden", "abs"]
+KINDS = list(get_args(ToyKind))
 
 
 def _setup(kind: str, seed: int = 0) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:

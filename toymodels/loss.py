@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def weighted_loss(output: Tensor, target: Tensor, importance: Tensor) -> Tensor:
@@ -38,6 +39,7 @@ class _WeightedLoss(torch.autograd.Function):
         return diff.square().mul_(importance).mean(dim=(0, 2))
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
         diff, importance = ctx.saved_tensors
         scale = importance * (2.0 / (diff.shape[0] * diff.shape[2])) * grad[:, None]
@@ -98,6 +100,7 @@ class _ToyLoss(torch.autograd.Function):
         return loss
 
     @staticmethod
+    @once_differentiable
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         xT, W_back, importance, h, out, diff = ctx.saved_tensors
         hidden_relu, output_relu, tied = ctx.flags

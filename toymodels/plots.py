@@ -494,7 +494,8 @@ def plot_adversarial(
     fpd = np.asarray(features_per_dimension, dtype=float)
     v = np.asarray(vulnerability, dtype=float)
     amp = np.asarray(amplification, dtype=float)
-    fig = _figure(10.0, 3.9)
+    width = 10.0
+    fig = _figure(width, 3.9)
     # Laid out by hand: the heights are known (tick labels and x label below, title above);
     # the widths are set once the y tick labels (which depend on the data) are known.
     bottom = _EDGE + 1.2 * _LINE * 10 + _LABELPAD + 1.2 * _LINE * 10 + _TICK
@@ -524,10 +525,10 @@ def plot_adversarial(
         (edge + _tick_label_width(a.yaxis), edge + _tick_label_width(t.yaxis))
         for a, t in zip(axes, twins)
     ]
-    x0, room = _EDGE, 10.0 - 2 * _EDGE - 0.25 - sum(map(sum, sides))  # 0.25 between the pairs
+    x0, room = _EDGE, width - 2 * _EDGE - 0.25 - sum(map(sum, sides))  # 0.25 between the pairs
     for ax, twin, (left, right) in zip(axes, twins, sides):
         box = ax.get_position()
-        rect = (x0 + left) / 10.0, box.y0, room / 2 / 10.0, box.height
+        rect = (x0 + left) / width, box.y0, room / 2 / width, box.height
         ax.set_position(rect)
         twin.set_position(rect)
         x0 += left + room / 2 + right + 0.25
