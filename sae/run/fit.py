@@ -80,11 +80,12 @@ def fit(
         log_every=config.train.log_every,
         checkpoint_every=config.train.checkpoint_every,
     )
-    if trainer.strategy.root_device.type == "cpu":
+    device_type = trainer.strategy.root_device.type
+    if device_type == "cpu":
         retain_freed_memory()
     if trainer.is_global_zero:
         write_text(RunDir(out_dir).config, config_to_yaml(config))
-    with _matmul_precision(runtime.tf32 and trainer.strategy.root_device.type == "cuda"):
+    with _matmul_precision(runtime.tf32 and device_type == "cuda"):
         run_fit(trainer, module, range(module.total_steps), out_dir, resume)
     ranks = next(c for c in trainer.callbacks if isinstance(c, RankAgreement))
     return FitResult(
