@@ -27,16 +27,17 @@ def _sae(recipe: str, tied: bool, widths: list[int] | None, dtype=torch.float64)
 
 def _grads(sae: SparseAutoencoder, x: torch.Tensor, forward, weights) -> dict[str, torch.Tensor]:
     """Gradients of a loss that touches every output: Σ_i a_i rec_i + b_i sparsity_i
-    + ⟨c, x̂⟩ + ⟨e, f⟩ (the last two as a caller reading x̂ or the codes would)."""
+    + ⟨c, x̂⟩ + ⟨e, f⟩ (the last two as a caller reading x̂ or the codes would). A weight of
+    None leaves its output out of the loss (the backward then gets no gradient for it)."""
     sae.zero_grad(set_to_none=True)
     x = x.clone().requires_grad_()
     out = forward(x)
-    a, b, c, e = weights
-    loss = (a * out.reconstruction).sum() + (b * out.sparsity).sum()
-    loss = loss + (c * out.x_hat).sum() + (e * out.codes).sum()
+    outputs = (out.reconstruction, out.sparsity, out.x_hat, out.codes)
+    loss = sum((w * o).sum() for w, o in zip(weights, outputs) if w is not None)
     loss.backward()
-    grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
-    return grads | {"x": x.grad.clone()}
+    # No gradient (None: the loss does not reach the tensor) counts as zeros.
+    named = [*sae.named_parameters(), ("x", x)]
+    return {name: torch.zeros_like(t) if t.grad is None else t.grad.clone() for name, t in named}
 
 
 CASES = [
@@ -70,7 +71,14 @@ def test_outputs_and_gradients_equal_autograd(recipe, tied, widths) -> None:
             torch.randn(n, 40, sae.d_sae, generator=g, dtype=torch.float64),
         ),
         # the codes alone (no reconstruction or sparsity gradient)
-        (0.0, 0.0, 0.0, torch.randn(n, 40, sae.d_sae, generator=g, dtype=torch.float64)),
+        (None, None, None, torch.randn(n, 40, sae.d_sae, generator=g, dtype=torch.float64)),
+        # the reconstruction alone, the sparsity alone
+        (torch.rand(n, generator=g, dtype=torch.float64), None, None, None),
+        (None, torch.rand(n, generator=g, dtype=torch.float64), None, None),
+        # x̂ and the sparsity, without the reconstruction
+        (None, torch.ones(n), torch.randn(n, 40, 6, generator=g, dtype=torch.float64), None),
+        # the training loss with zero weights (gradients of 0, not None)
+        (0.0, 0.0, 0.0, 0.0),
     ]
     for weights in weights_list:
         fast_g = _grads(sae, x, sae, weights)
@@ -78,6 +86,7 @@ def test_outputs_and_gradients_equal_autograd(recipe, tied, widths) -> None:
         assert fast_g.keys() == plain_g.keys()
         for name in fast_g:
             assert fast_g[name].abs().max() > 0 or plain_g[name].abs().max() == 0
+            assert torch.isfinite(fast_g[name]).all()
             torch.testing.assert_close(fast_g[name], plain_g[name], rtol=1e-10, atol=1e-12)
         if sae.latent_mask is not None:  # padded latents get no gradient
             assert not fast_g["b_enc"][sae.latent_mask == 0].any()
