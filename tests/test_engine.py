@@ -171,11 +171,48 @@ def test_precision_settings_train_and_save_float32(tmp_path: Path, precision: st
     )
 
 
-def test_cpu_training_keeps_freed_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls: list[bool] = []
-    monkeypatch.setattr(sae.run.fit, "retain_freed_memory", lambda: calls.append(True) or True)
+def test_cpu_training_keeps_freed_memory_and_flushes_denormals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+    for name in ("retain_freed_memory", "flush_denormals"):
+        monkeypatch.setattr(sae.run.fit, name, lambda name=name: calls.append(name) or True)
     _toy(tmp_path / "run", None)
-    assert calls == [True]
+    assert calls == ["retain_freed_memory", "flush_denormals"]
+
+
+DENORMALS_SCRIPT = """
+import sys, torch
+from sae.optim import InstanceAdam
+from sae.run.runtime import flush_denormals
+if sys.argv[1] == "flush" and not flush_denormals():
+    sys.exit("unsupported")
+# A latent that fired once and then died: one gradient, then zeros for 2,000 steps.
+p = torch.nn.Parameter(torch.zeros(1, 64))
+optimizer = InstanceAdam([p], torch.tensor([1e-3]))
+for step in range(2000):
+    p.grad = torch.full_like(p, 0.01 if step == 0 else 0.0)
+    optimizer.step()
+m = optimizer.state[p]["exp_avg"]
+print(int(((m != 0) & (m.abs() < torch.finfo(m.dtype).tiny)).sum()), int((m == 0).sum()))
+"""
+
+
+def test_flushed_denormals_let_dead_latents_adam_moments_reach_zero() -> None:
+    # Without flushing, 0.9 · (smallest denormal) rounds back to it: the moments stay denormal
+    # forever, and every step computes on them at x86's denormal speed. A fresh process each:
+    # the setting stays.
+    def counts(mode: str) -> list[int]:
+        out = subprocess.run(
+            [sys.executable, "-c", DENORMALS_SCRIPT, mode], capture_output=True, text=True
+        )
+        if out.stderr.strip() == "unsupported":
+            pytest.skip("this CPU cannot flush denormals")
+        assert out.returncode == 0, out.stderr
+        return [int(v) for v in out.stdout.split()]
+
+    assert counts("flush") == [0, 64]
+    assert counts("keep") == [64, 0]  # all denormal, none zero
 
 
 FAULTS_SCRIPT = """

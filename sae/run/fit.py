@@ -30,6 +30,7 @@ from sae.run.progress import progress_callback
 from sae.run.runtime import (
     RuntimeConfig,
     apply_threads,
+    flush_denormals,
     make_wandb_logger,
     retain_freed_memory,
 )
@@ -66,7 +67,8 @@ def fit(
     """Train ``module`` for its ``total_steps`` under a run ``config`` (a toy or SAE run: its
     ``runtime``, ``wandb``, ``train.log_every`` and ``train.checkpoint_every``): threads,
     wandb, the trainer, ``config.yaml`` on rank 0, resuming from ``last.ckpt``, TF32 on CUDA
-    during training only, freed memory kept for reuse on the CPU (``retain_freed_memory``).
+    during training only, freed memory kept for reuse and denormals flushed on the CPU
+    (``retain_freed_memory``, ``flush_denormals``).
     ``job_type``: the wandb run's ("toy", "sae")."""
     runtime = config.runtime
     apply_threads(runtime)
@@ -83,6 +85,7 @@ def fit(
     device_type = trainer.strategy.root_device.type
     if device_type == "cpu":
         retain_freed_memory()
+        flush_denormals()
     if trainer.is_global_zero:
         write_text(RunDir(out_dir).config, config_to_yaml(config))
     with _matmul_precision(runtime.tf32 and device_type == "cuda"):
