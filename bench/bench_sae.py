@@ -129,8 +129,8 @@ def bare_run(module: SAEModule, warmup: int, steps: int) -> Timing:
 
     def loss(step: int) -> torch.Tensor:
         x = source.block(step, 0, BATCH, device) * module.input_scale
-        out = module.sae(x)
         l1 = module.l1_coefficient * warmup_factor(step, l1_warmup)
+        out = module.sae.forward_backward(x, l1)  # the training step's gradients, as SAEModule
         per_instance = out.reconstruction + l1 * out.sparsity
         fired = torch.gt(out.codes, 0, out=torch.empty_like(out.codes)).sum(1)
         module.log_fired += fired

@@ -177,17 +177,19 @@ def lightning_times(
 def bare_times(
     module: Any, warmup: int, total: int, loss: Callable[[int], Any]
 ) -> tuple[float, float]:
-    """The module's training step without Lightning: ``loss(step)``, zero_grad, backward, the
-    module's optimizer and LR schedule; (wall s, CPU s) of the steps after ``warmup``."""
+    """The module's training step without Lightning: ``loss(step)``, zero_grad, backward (unless
+    ``loss`` set the gradients itself and returned a loss without a graph), the module's
+    optimizer and LR schedule; (wall s, CPU s) of the steps after ``warmup``."""
     opt = module.configure_optimizers()
     optimizer, schedule = opt["optimizer"], opt["lr_scheduler"]["scheduler"]
     t0 = c0 = 0.0
     for step in range(total):
         if step == warmup:
             t0, c0 = time.perf_counter(), time.process_time()
-        value = loss(step)
         optimizer.zero_grad(set_to_none=True)
-        value.backward()
+        value = loss(step)
+        if value.requires_grad:
+            value.backward()
         optimizer.step()
         schedule.step()
     return time.perf_counter() - t0, time.process_time() - c0

@@ -144,8 +144,8 @@ class SAEModule(StepEngine):
     # -- training -----------------------------------------------------------------------
     def train_step(self, step: int) -> StepOutput:
         x = self.draw_batch(step)
-        out = self.sae(x)
         l1 = self.l1_coefficient * warmup_factor(step, self.config.train.l1_warmup_steps)
+        out = self.sae.forward_backward(x, l1)  # sets the gradients of Σ per_instance
         per_instance = out.reconstruction + l1 * out.sparsity
         # Counts of codes > 0 as float32 0/1 sums: exact (batch < 2^24), the same numbers as
         # (codes > 0).sum(1).float() without widening a bool tensor to int64 (3-4x faster),
@@ -161,8 +161,8 @@ class SAEModule(StepEngine):
         # Log after every log_every-th step (steps 9, 19, ... for 10), stamped with this step.
         if (step + 1) % self.config.train.log_every == 0:
             scalars, firing = self._log_metrics(step, x, out, per_instance, l1)
-            return StepOutput(per_instance.sum(), scalars, firing)
-        return StepOutput(per_instance.sum())
+            return StepOutput(per_instance.sum(), scalars, firing, gradients_ready=True)
+        return StepOutput(per_instance.sum(), gradients_ready=True)
 
     def _scratch(self, like: Tensor) -> Tensor:
         """A tensor shaped as ``like``, reused across steps (not state: never saved)."""

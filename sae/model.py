@@ -12,7 +12,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from sae.loss import sae_forward
+from sae.loss import sae_forward, sae_forward_backward
 from sae.recipes import DEFAULT_RECIPE, Recipe, get_recipe
 
 
@@ -114,6 +114,30 @@ class SparseAutoencoder(nn.Module):
                 self.rules.penalty,
             )
         )
+
+    def forward_backward(self, x: Tensor, sparsity_weight: Tensor) -> SAEOutput:
+        """The training step's forward and backward: the outputs (detached), with the gradients
+        of Σ_i reconstruction_i + ``sparsity_weight``_i · sparsity_i added to the parameters'
+        ``.grad`` (as ``backward`` adds them). Computed without autograd's graph
+        (``sae_forward_backward``) unless autocast is on."""
+        if torch.is_autocast_enabled(x.device.type):
+            out = self.reference_forward(x)
+            (out.reconstruction + sparsity_weight * out.sparsity).sum().backward()
+            return SAEOutput(*(t.detach() for t in out))
+        outputs, grads = sae_forward_backward(
+            x,
+            self.W_enc,
+            self.W_dec,
+            self.b_enc,
+            self.b_dec,
+            self.latent_mask,
+            self.rules.penalty,
+            sparsity_weight,
+        )
+        for p, g in zip((self.W_enc, self.W_dec, self.b_enc, self.b_dec), grads):
+            if p is not None and p.requires_grad:
+                p.grad = g if p.grad is None else p.grad.add_(g)
+        return SAEOutput(*outputs)
 
     def reference_forward(self, x: Tensor) -> SAEOutput:
         """The plain formula, differentiated by autograd (what ``forward`` must equal)."""

@@ -215,3 +215,44 @@ def test_the_fused_step_count_is_float32_under_a_float64_default(monkeypatch) ->
         torch.set_default_dtype(previous)
     assert seen and set(seen) == {torch.float32}
     assert torch.isfinite(weights).all() and not torch.equal(weights, torch.ones_like(weights))
+
+
+@pytest.mark.parametrize(("recipe", "tied", "widths"), CASES)
+def test_forward_backward_equals_autograd_bit_for_bit(recipe, tied, widths) -> None:
+    """The training step's path (no autograd graph) gives autograd's numbers exactly, in the
+    training precision, and adds to gradients already there as backward does."""
+    sae = _sae(recipe, tied, widths, torch.float32)
+    n = sae.n_instances
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(4))
+    weight = torch.tensor([0.3, 1.7, 0.05][:n])
+    for accumulate in (False, True):
+        expected = {}
+        for path in ("autograd", "direct"):
+            sae.zero_grad(set_to_none=True)
+            if accumulate:
+                for p in sae.parameters():
+                    p.grad = torch.full_like(p, 0.5)
+            if path == "autograd":
+                out = sae(x)
+                (out.reconstruction + weight * out.sparsity).sum().backward()
+            else:
+                out = sae.forward_backward(x, weight)
+                assert not any(t.requires_grad for t in out)
+            got = {name: p.grad.clone() for name, p in sae.named_parameters()}
+            got |= {f"out.{k}": v.detach() for k, v in out._asdict().items()}
+            if path == "autograd":
+                expected = got
+            else:
+                assert got.keys() == expected.keys()
+                for name in got:
+                    assert torch.equal(got[name], expected[name]), name
+
+
+def test_forward_backward_under_autocast_uses_autograd() -> None:
+    sae = _sae("april2024", False, None, torch.float32)
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(6))
+    weight = torch.ones(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = sae.forward_backward(x, weight)
+    assert out.x_hat.dtype == torch.bfloat16  # autocast's own casts: the plain formula ran
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in sae.parameters())

@@ -9,8 +9,9 @@ per call, and results do not depend on ``k`` (bit for bit). ``k`` comes from
 steps to fill about ``CALL_SECONDS`` of work per call.
 
 A subclass implements ``train_step(step) -> StepOutput`` (draw the batch, forward, log on
-logging steps) and may hook ``before_update`` (gradients ready), ``after_update`` (weights
-updated) and ``after_chunk`` (at a boundary: resampling).
+logging steps; the engine runs the backward unless the step has set the gradients) and may
+hook ``before_update`` (gradients ready), ``after_update`` (weights updated) and
+``after_chunk`` (at a boundary: resampling).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ class StepOutput:
     """On a logging step: the logged record (``"step"`` first), for ``metrics.jsonl``."""
     firing_frequency: Tensor | None = None
     """On an SAE logging step: [instances, d_sae] firing frequency since the last one (CPU)."""
+    gradients_ready: bool = False
+    """True when ``train_step`` has already put the loss's gradients in the parameters'
+    ``.grad`` (its own backward); the engine then runs none."""
 
     @staticmethod
     def of(outputs: Any) -> StepOutput | None:
@@ -128,7 +132,8 @@ class StepEngine(L.LightningModule):
             if out.scalars is not None or out.firing_frequency is not None:
                 logged = out  # a logging step ends its chunk: at most one a call
             loss = out.loss
-            loss.backward()
+            if not out.gradients_ready:
+                loss.backward()
             self._sync_gradients(optimizer)
             self.before_update(step)
             optimizer.step()
