@@ -71,7 +71,9 @@ def main() -> None:
         for mode in runs:
             command = [sys.executable, __file__, "--child", mode, "--threads", str(args.threads)]
             command += ["--warmup", str(args.warmup), "--steps", str(args.steps)]
-            out = subprocess.run(command, capture_output=True, text=True, check=True)
+            out = subprocess.run(command, capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"a {mode} run failed:\n{out.stderr}")
             runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"{machine(load=True)}; {args.threads} torch thread(s)")
     print(f"{args.steps} timed steps after {args.warmup}, {args.repeats} repeats\n")

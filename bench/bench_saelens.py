@@ -22,8 +22,8 @@ denormals flushed, project, ...) over ``--repeats``: the project's training flus
 floats to zero on the CPU (``sae.run.runtime.flush_denormals``) and SAELens does not, so SAELens
 runs once as it runs by default (the ratios are against this run) and once flushed. The table
 gives medians and min - max, CPU time is the process's (all threads). At the end each side's
-final weights are scored with one formula on held-out rows (reconstruction + λ·sparsity) to show
-both trained the same recipe (SAELens's from its last, flushed, run).
+final weights (of the last repeat) are scored with one formula on held-out rows (reconstruction +
+λ·sparsity) to show both trained the same recipe.
 
 SAELens is an optional benchmark dependency, installed in its own venv so that the project's
 venv stays as it is (always pin torch first: an unpinned torch pulls gigabytes of CUDA wheels):
@@ -277,6 +277,7 @@ def main() -> None:
             a = project_run(acts, args.warmup, args.steps, args.threads, args.extra_set)
             torch.set_flush_denormal(False)
             b = saelens_run(acts, args.warmup, args.steps, args.threads)
+            default_score = heldout_loss(SAELENS_WEIGHTS, acts)
             torch.set_flush_denormal(True)
             c = saelens_run(acts, args.warmup, args.steps, args.threads)
             for name, t in zip(runs, (a, b, c)):
@@ -289,9 +290,9 @@ def main() -> None:
                 )
         scores = {
             "this project (train_saes)": heldout_loss(PROJECT_WEIGHTS, acts),
-            "SAELens (SAETrainer)": heldout_loss(SAELENS_WEIGHTS, acts),
+            "SAELens (SAETrainer)": default_score,
+            flushed: heldout_loss(SAELENS_WEIGHTS, acts),
         }
-        scores[flushed] = scores["SAELens (SAETrainer)"]  # the last run's weights (flushed)
     load1 = os.getloadavg()
 
     print(f"\n{machine()}, sae-lens {getattr(sae_lens, '__version__', '?')}")

@@ -204,7 +204,10 @@ def test_flushed_denormals_let_dead_latents_adam_moments_reach_zero() -> None:
     # the setting stays.
     def counts(mode: str) -> list[int]:
         out = subprocess.run(
-            [sys.executable, "-c", DENORMALS_SCRIPT, mode], capture_output=True, text=True
+            [sys.executable, "-c", DENORMALS_SCRIPT, mode],
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if out.stderr.strip() == "unsupported":
             pytest.skip("this CPU cannot flush denormals")

@@ -256,3 +256,34 @@ def test_forward_backward_under_autocast_uses_autograd() -> None:
         out = sae.forward_backward(x, weight)
     assert out.x_hat.dtype == torch.bfloat16  # autocast's own casts: the plain formula ran
     assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in sae.parameters())
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_frozen_inputs_get_no_gradient_and_the_rest_autograds(tied: bool) -> None:
+    """Every subset of frozen parameters, x with and without a gradient."""
+    import itertools
+
+    sae = _sae("april2024", tied, [4, 10, 7])
+    x0 = torch.randn(40, 6, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    names = [name for name, _ in sae.named_parameters()]
+    weights = (torch.ones(3), torch.tensor([0.3, 1.7, 0.05]), None, None)
+    for frozen in itertools.chain.from_iterable(
+        itertools.combinations(names, k) for k in range(len(names))
+    ):
+        for x_grad in (False, True):
+            results = []
+            for forward in (sae, sae.reference_forward):
+                for name, p in sae.named_parameters():
+                    p.requires_grad_(name not in frozen)
+                    p.grad = None
+                x = x0.clone().requires_grad_(x_grad)
+                out = forward(x)
+                outputs = (out.reconstruction, out.sparsity)
+                sum((w * o).sum() for w, o in zip(weights, outputs)).backward()
+                results.append([t.grad for t in (*sae.parameters(), x)])
+            for name, a, b in zip([*names, "x"], *results):
+                assert (a is None) == (b is None), (frozen, x_grad, name)
+                if a is not None:
+                    torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    for p in sae.parameters():
+        p.requires_grad_(True)
