@@ -10,8 +10,10 @@ median b_dec, per-instance clip 1.0, log every 100 steps). Data comes from
 The Lightning path is ``SAEModule`` + ``make_trainer`` + ``run_fit`` with the callbacks
 ``train_saes`` adds (MetricsFile, FiringHistogram), progress bar off, wandb disabled. The bare
 loop runs the same step (draw, forward, loss, firing counts, backward, InstanceAdam, schedule)
-without Lightning. The matmul reference times the step's five matrix products alone (forward
-x@W_enc and f@W_dec, backward dW_enc, df, dW_dec) with the step's shapes.
+without Lightning; "bare loop, autograd" takes the step's gradients from autograd's graph
+(``sae(x)``, then ``backward``) instead of ``forward_backward``, as the step did before. The
+matmul reference times the step's five matrix products alone (forward x@W_enc and f@W_dec,
+backward dW_enc, df, dW_dec) with the step's shapes.
 
     python bench/bench_sae.py --steps 300 --repeats 3 --threads 1 2
 
@@ -122,15 +124,17 @@ def lightning_run(module: SAEModule, warmup: int, steps: int) -> Timing:
     return Timing(n / wall, cpu / n * 1e3)
 
 
-def bare_run(module: SAEModule, warmup: int, steps: int) -> Timing:
-    """The same step without Lightning (no metric logging)."""
+def bare_run(module: SAEModule, warmup: int, steps: int, autograd: bool = False) -> Timing:
+    """The same step without Lightning (no metric logging); with ``autograd``, its gradients
+    from autograd's graph (``sae(x)``, then ``backward``) instead of ``forward_backward``."""
     module.initialize_from_data()
     source, device, l1_warmup = module.source, module.device, module.config.train.l1_warmup_steps
 
     def loss(step: int) -> torch.Tensor:
         x = source.block(step, 0, BATCH, device) * module.input_scale
         l1 = module.l1_coefficient * warmup_factor(step, l1_warmup)
-        out = module.sae.forward_backward(x, l1)  # the training step's gradients, as SAEModule
+        # the training step's gradients, as SAEModule; or the loss to run backward on
+        out = module.sae(x) if autograd else module.sae.forward_backward(x, l1)
         per_instance = out.reconstruction + l1 * out.sparsity
         fired = torch.gt(out.codes, 0, out=torch.empty_like(out.codes)).sum(1)
         module.log_fired += fired
@@ -227,10 +231,14 @@ def run_threads(args: Any, sources: dict[str, Callable[[], Any]], threads: int, 
         (n_inst, src, path)
         for n_inst in args.instances
         for src in args.sources
-        for path in ("lightning", "bare loop")
+        for path in ("lightning", "bare loop", "bare loop, autograd")
     ]
     runs: dict[Any, list[Timing]] = {k: [] for k in variants}
-    run = {"lightning": lightning_run, "bare loop": bare_run}
+    run = {
+        "lightning": lightning_run,
+        "bare loop": bare_run,
+        "bare loop, autograd": lambda *a: bare_run(*a, autograd=True),
+    }
     for _ in range(args.repeats):  # interleaved, so drifting load hits every variant alike
         for n_inst, src, path in variants:
             module = sae_module(n_inst, sources[src](), args.warmup + args.steps, threads)
