@@ -43,8 +43,7 @@ def sae_forward(
     (W_dec = W_encᵀ when None: tied); reconstruction = ‖x − x̂‖² summed over d, mean over the
     batch; sparsity = ``penalty`` summed over latents, mean over the batch. All four outputs are
     differentiable (with respect to every input but the mask)."""
-    if penalty not in PENALTIES:
-        raise ValueError(f"unknown penalty {penalty!r}: choose one of {', '.join(PENALTIES)}")
+    _check_penalty(penalty)
     return _SAEForward.apply(x, W_enc, W_dec, b_enc, b_dec, latent_mask, penalty)
 
 
@@ -63,8 +62,7 @@ def sae_forward_backward(
     without autograd: the same numbers as ``sae_forward`` then ``backward`` of that loss (bit
     for bit; tests/test_sae_backward.py), without building and walking a graph (~0.2 ms of a
     3 ms single-SAE step on one CPU core)."""
-    if penalty not in PENALTIES:
-        raise ValueError(f"unknown penalty {penalty!r}: choose one of {', '.join(PENALTIES)}")
+    _check_penalty(penalty)
     with torch.no_grad():
         outputs, saved = _forward(x, W_enc, W_dec, b_enc, b_dec, latent_mask, penalty)
         # The loss's gradients with respect to the outputs, as autograd hands them on: 1 for
@@ -260,6 +258,11 @@ def _backward(
             g_W_enc = t.contiguous() if g_W_enc is None else g_W_enc.add_(t)
         g_W_dec = None
     return g_x, g_W_enc, g_W_dec, g_b_enc, g_b_dec
+
+
+def _check_penalty(penalty: str) -> None:
+    if penalty not in PENALTIES:
+        raise ValueError(f"unknown penalty {penalty!r}: choose one of {', '.join(PENALTIES)}")
 
 
 def _T(t: Tensor) -> Tensor:

@@ -103,17 +103,7 @@ class SparseAutoencoder(nn.Module):
             # bf16-mixed: autograd's graph follows autocast's per-op casts; the hand-written
             # backward would see bfloat16 activations next to float32 weights.
             return self.reference_forward(x)
-        return SAEOutput(
-            *sae_forward(
-                x,
-                self.W_enc,
-                self.W_dec,
-                self.b_enc,
-                self.b_dec,
-                self.latent_mask,
-                self.rules.penalty,
-            )
-        )
+        return SAEOutput(*sae_forward(x, *self._loss_inputs()))
 
     def forward_backward(self, x: Tensor, sparsity_weight: Tensor) -> SAEOutput:
         """The training step's forward and backward: the outputs (detached), with the gradients
@@ -124,20 +114,15 @@ class SparseAutoencoder(nn.Module):
             out = self.reference_forward(x)
             (out.reconstruction + sparsity_weight * out.sparsity).sum().backward()
             return SAEOutput(*(t.detach() for t in out))
-        outputs, grads = sae_forward_backward(
-            x,
-            self.W_enc,
-            self.W_dec,
-            self.b_enc,
-            self.b_dec,
-            self.latent_mask,
-            self.rules.penalty,
-            sparsity_weight,
-        )
+        outputs, grads = sae_forward_backward(x, *self._loss_inputs(), sparsity_weight)
         for p, g in zip((self.W_enc, self.W_dec, self.b_enc, self.b_dec), grads):
             if p is not None and p.requires_grad:
                 p.grad = g if p.grad is None else p.grad.add_(g)
         return SAEOutput(*outputs)
+
+    def _loss_inputs(self) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor | None, str]:
+        """What ``sae.loss`` takes after x: W_enc, W_dec, b_enc, b_dec, latent_mask, penalty."""
+        return self.W_enc, self.W_dec, self.b_enc, self.b_dec, self.latent_mask, self.rules.penalty
 
     def reference_forward(self, x: Tensor) -> SAEOutput:
         """The plain formula, differentiated by autograd (what ``forward`` must equal)."""
