@@ -56,22 +56,22 @@ def sae_forward_backward(
     latent_mask: Tensor | None,
     penalty: str,
     sparsity_weight: Tensor,
-) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], tuple[Tensor, Tensor | None, Tensor, Tensor]]:
-    """``sae_forward``'s outputs and the gradients (W_enc, W_dec or None when tied, b_enc,
-    b_dec) of the training loss Σ_i reconstruction_i + ``sparsity_weight``_i · sparsity_i,
-    without autograd: the same numbers as ``sae_forward`` then ``backward`` of that loss (bit
-    for bit; tests/test_sae_backward.py), without building and walking a graph (~0.2 ms of a
-    3 ms single-SAE step on one CPU core)."""
+) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], tuple[Tensor | None, ...]]:
+    """``sae_forward``'s outputs and the gradients (W_enc, W_dec, b_enc, b_dec: None for a
+    tied W_dec and for a tensor that needs none) of the training loss Σ_i reconstruction_i +
+    ``sparsity_weight``_i · sparsity_i, without autograd: the same numbers as ``sae_forward``
+    then ``backward`` of that loss (bit for bit; tests/test_sae_backward.py), without building
+    and walking a graph (~0.2 ms of a 3 ms single-SAE step on one CPU core)."""
     _check_penalty(penalty)
     with torch.no_grad():
         outputs, saved = _forward(x, W_enc, W_dec, b_enc, b_dec, latent_mask, penalty)
         # The loss's gradients with respect to the outputs, as autograd hands them on: 1 for
         # each reconstruction, the weight for each sparsity.
         grad_rec = torch.ones_like(outputs[2])
-        needs = (False, True, W_dec is not None, True, True)
+        needs = (False, *(t is not None and t.requires_grad for t in (W_enc, W_dec, b_enc, b_dec)))
         grads = _backward(saved, needs, None, None, grad_rec, sparsity_weight.to(grad_rec))
     _, g_W_enc, g_W_dec, g_b_enc, g_b_dec = grads
-    return outputs, (g_W_enc, g_W_dec, g_b_enc, g_b_dec)  # type: ignore[return-value]
+    return outputs, (g_W_enc, g_W_dec, g_b_enc, g_b_dec)
 
 
 class _SAEForward(torch.autograd.Function):

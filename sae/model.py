@@ -116,7 +116,7 @@ class SparseAutoencoder(nn.Module):
             return SAEOutput(*(t.detach() for t in out))
         outputs, grads = sae_forward_backward(x, *self._loss_inputs(), sparsity_weight)
         for p, g in zip((self.W_enc, self.W_dec, self.b_enc, self.b_dec), grads):
-            if p is not None and p.requires_grad:
+            if g is not None:
                 p.grad = g if p.grad is None else p.grad.add_(g)
         return SAEOutput(*outputs)
 

@@ -285,5 +285,13 @@ def test_frozen_inputs_get_no_gradient_and_the_rest_autograds(tied: bool) -> Non
                 assert (a is None) == (b is None), (frozen, x_grad, name)
                 if a is not None:
                     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+        # The training step's path: no gradient for a frozen parameter, autograd's for the rest.
+        for p in sae.parameters():
+            p.grad = None
+        sae.forward_backward(x0, weights[1])
+        for name, p, expected in zip(names, sae.parameters(), results[0]):
+            assert (p.grad is None) == (expected is None), (frozen, name)
+            if expected is not None:
+                torch.testing.assert_close(p.grad, expected, rtol=1e-10, atol=1e-12)
     for p in sae.parameters():
         p.requires_grad_(True)
