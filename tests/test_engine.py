@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from devices import ACCELERATOR, DEVICES
 from synthetic import file_source, sae_config, write_planted_file
 
 import sae.run.fit
@@ -49,7 +50,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
     )
 
 
-def _toy(out: Path, steps_per_call: int | None) -> dict:
+def _toy(out: Path, steps_per_call: int | None, device: str = "cpu") -> dict:
     config = from_dict(
         ToyConfig,
         {
@@ -63,7 +64,12 @@ def _toy(out: Path, steps_per_call: int | None) -> dict:
                 "checkpoint_every": 30,
                 "eval_samples": 512,
             },
-            "runtime": {"threads": 1, "progress_bar": False, "steps_per_call": steps_per_call},
+            "runtime": {
+                "threads": 1,
+                "progress_bar": False,
+                "steps_per_call": steps_per_call,
+                "accelerator": ACCELERATOR[device],
+            },
             "wandb": {"enabled": False},
         },
     )
@@ -72,10 +78,13 @@ def _toy(out: Path, steps_per_call: int | None) -> dict:
     return metrics
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("steps_per_call", [7, 1000, None])
-def test_toy_steps_per_call_equal_one_step_per_call(tmp_path: Path, steps_per_call) -> None:
-    one = _toy(tmp_path / "one", 1)
-    many = _toy(tmp_path / "many", steps_per_call)
+def test_toy_steps_per_call_equal_one_step_per_call(
+    tmp_path: Path, steps_per_call, device: str
+) -> None:
+    one = _toy(tmp_path / "one", 1, device)
+    many = _toy(tmp_path / "many", steps_per_call, device)
     _assert_same_run(tmp_path / "one", tmp_path / "many")
     timing = many.pop("throughput")
     one.pop("throughput")
@@ -88,7 +97,9 @@ def test_toy_steps_per_call_equal_one_step_per_call(tmp_path: Path, steps_per_ca
     assert _checkpoint(tmp_path / "many")["global_step"] == 90
 
 
-def _sae(tmp_path: Path, out: str, recipe: str, steps_per_call: int | None) -> Path:
+def _sae(
+    tmp_path: Path, out: str, recipe: str, steps_per_call: int | None, device: str = "cpu"
+) -> Path:
     path = tmp_path / "planted.safetensors"
     if not path.exists():
         write_planted_file(path, n_features=16, d=8, n_rows=4096, p=0.1, seed=1)
@@ -106,17 +117,18 @@ def _sae(tmp_path: Path, out: str, recipe: str, steps_per_call: int | None) -> P
             "lr_decay_steps": 50,
         },
         resample={"method": "anthropic", "every": 60, "window": 20, "samples": 256},
-        runtime={"steps_per_call": steps_per_call},
+        runtime={"steps_per_call": steps_per_call, "accelerator": ACCELERATOR[device]},
     )
     folders = train_saes(config, file_source(path, config), tmp_path / out)
     assert folders is not None
     return tmp_path / out
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("recipe", ["constrained", "april2024"])
-def test_sae_steps_per_call_equal_one_step_per_call(tmp_path: Path, recipe: str) -> None:
-    one = _sae(tmp_path, "one", recipe, 1)
-    many = _sae(tmp_path, "many", recipe, 13)
+def test_sae_steps_per_call_equal_one_step_per_call(tmp_path: Path, recipe: str, device) -> None:
+    one = _sae(tmp_path, "one", recipe, 1, device)
+    many = _sae(tmp_path, "many", recipe, 13, device)
     _assert_same_run(one, many)
     state = _checkpoint(many)["state_dict"]
     assert float(state["resampled_total"].sum()) > 0  # resampling ran, on chunk boundaries
@@ -149,8 +161,9 @@ def test_chunks_end_on_every_event_boundary() -> None:
     assert {10, 20, 30, 40, 50, 60, 70, 80, 90, 95} <= ends
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("precision", ["bf16-mixed", "64-true"])
-def test_precision_settings_train_and_save_float32(tmp_path: Path, precision: str) -> None:
+def test_precision_settings_train_and_save_float32(tmp_path: Path, precision: str, device) -> None:
     path = tmp_path / "planted.safetensors"
     write_planted_file(path, n_features=16, d=8, n_rows=2048, p=0.1, seed=1)
     config = sae_config(
@@ -160,6 +173,7 @@ def test_precision_settings_train_and_save_float32(tmp_path: Path, precision: st
         runtime={"precision": precision},
     )
     assert config.runtime.accelerator == "auto"  # the default: a GPU when there is one
+    config.runtime.accelerator = ACCELERATOR[device]
     (folder,) = train_saes(config, file_source(path, config), tmp_path / "run")
     from safetensors.torch import load_file
 
@@ -245,9 +259,10 @@ def test_freed_memory_is_reused_without_page_faults() -> None:
     assert int(out.stdout.split()[-1]) < 128_000 // 100
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("precision", ["bf16-mixed", "64-true"])
 def test_toy_precision_settings_train_evaluate_and_save_float32(
-    tmp_path: Path, precision: str
+    tmp_path: Path, precision: str, device: str
 ) -> None:
     # 64-true used to fail in the final evaluation (float32 samples into a float64 model).
     config = from_dict(
@@ -256,7 +271,12 @@ def test_toy_precision_settings_train_evaluate_and_save_float32(
             "model": {"kind": "relu_output", "n_features": 6, "n_hidden": 2},
             "data": {"feature_probability": [1.0, 0.1]},
             "train": {"steps": 30, "batch_size": 64, "eval_samples": 512},
-            "runtime": {"threads": 1, "progress_bar": False, "precision": precision},
+            "runtime": {
+                "threads": 1,
+                "progress_bar": False,
+                "precision": precision,
+                "accelerator": ACCELERATOR[device],
+            },
             "wandb": {"enabled": False},
         },
     )

@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from devices import DEVICES
 
 from sae.loss import sae_forward
 from sae.model import SparseAutoencoder
 
 
-def _sae(recipe: str, tied: bool, widths: list[int] | None, dtype=torch.float64):
+def _sae(recipe: str, tied: bool, widths: list[int] | None, dtype=torch.float64, device="cpu"):
     n = 3 if widths is None else len(widths)
     d_sae = 10 if widths is None else max(widths)
     sae = SparseAutoencoder(n, 6, d_sae, recipe, tied, seeds=list(range(n)), widths=widths)
@@ -22,7 +23,11 @@ def _sae(recipe: str, tied: bool, widths: list[int] | None, dtype=torch.float64)
             sae.W_enc.mul_(sae.latent_mask[:, None, :])
             if sae.W_dec is not None:
                 sae.W_dec.mul_(sae.latent_mask[:, :, None])
-    return sae.to(dtype)
+    return sae.to(device=device, dtype=dtype)
+
+
+def _on(device: str, weights: tuple) -> tuple:
+    return tuple(w.to(device) if isinstance(w, torch.Tensor) else w for w in weights)
 
 
 def _grads(sae: SparseAutoencoder, x: torch.Tensor, forward, weights) -> dict[str, torch.Tensor]:
@@ -48,12 +53,13 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("recipe", "tied", "widths"), CASES)
-def test_outputs_and_gradients_equal_autograd(recipe, tied, widths) -> None:
-    sae = _sae(recipe, tied, widths)
+def test_outputs_and_gradients_equal_autograd(recipe, tied, widths, device) -> None:
+    sae = _sae(recipe, tied, widths, device=device)
     n = sae.n_instances
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(40, 6, generator=g, dtype=torch.float64)
+    x = torch.randn(40, 6, generator=g, dtype=torch.float64).to(device)
     with torch.no_grad():
         fast, plain = sae(x), sae.reference_forward(x)
     for name, a, b in zip(fast._fields, fast, plain):
@@ -81,6 +87,7 @@ def test_outputs_and_gradients_equal_autograd(recipe, tied, widths) -> None:
         (0.0, 0.0, 0.0, 0.0),
     ]
     for weights in weights_list:
+        weights = _on(device, weights)
         fast_g = _grads(sae, x, sae, weights)
         plain_g = _grads(sae, x, sae.reference_forward, weights)
         assert fast_g.keys() == plain_g.keys()
@@ -139,7 +146,8 @@ def test_autocast_uses_the_plain_formula() -> None:
     assert sae.W_enc.grad.dtype == torch.float32 and sae.W_enc.grad.abs().max() > 0
 
 
-def test_instance_adam_equals_torch_adam_per_instance_over_many_steps() -> None:
+@pytest.mark.parametrize("device", DEVICES)
+def test_instance_adam_equals_torch_adam_per_instance_over_many_steps(device) -> None:
     """InstanceAdam (fused kernel, per-rate groups, per-instance clip) against torch's Adam and
     clip_grad_norm_ on each instance alone, 30 steps in float64; the op-by-op path (taken for a
     parameter the fused kernel does not take as it is) gives the same numbers."""
@@ -147,8 +155,11 @@ def test_instance_adam_equals_torch_adam_per_instance_over_many_steps() -> None:
 
     g = torch.Generator().manual_seed(0)
     shapes = [(3, 4, 5), (3, 5), (3, 4)]
-    start = [torch.randn(s, generator=g, dtype=torch.float64) for s in shapes]
-    grads = [[torch.randn(s, generator=g, dtype=torch.float64) for s in shapes] for _ in range(30)]
+    start = [torch.randn(s, generator=g, dtype=torch.float64).to(device) for s in shapes]
+    grads = [
+        [torch.randn(s, generator=g, dtype=torch.float64).to(device) for s in shapes]
+        for _ in range(30)
+    ]
     rates = torch.tensor([1e-2, 1e-3, 1e-2])
     fused = [torch.nn.Parameter(w.clone()) for w in start]
     # A transposed (non-contiguous) copy of the first parameter forces the op-by-op path.
@@ -217,14 +228,15 @@ def test_the_fused_step_count_is_float32_under_a_float64_default(monkeypatch) ->
     assert torch.isfinite(weights).all() and not torch.equal(weights, torch.ones_like(weights))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("recipe", "tied", "widths"), CASES)
-def test_forward_backward_equals_autograd_bit_for_bit(recipe, tied, widths) -> None:
+def test_forward_backward_equals_autograd_bit_for_bit(recipe, tied, widths, device) -> None:
     """The training step's path (no autograd graph) gives autograd's numbers exactly, in the
     training precision, and adds to gradients already there as backward does."""
-    sae = _sae(recipe, tied, widths, torch.float32)
+    sae = _sae(recipe, tied, widths, torch.float32, device)
     n = sae.n_instances
-    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(4))
-    weight = torch.tensor([0.3, 1.7, 0.05][:n])
+    x = torch.randn(64, 6, generator=torch.Generator().manual_seed(4)).to(device)
+    weight = torch.tensor([0.3, 1.7, 0.05][:n], device=device)
     for accumulate in (False, True):
         expected = {}
         for path in ("autograd", "direct"):
