@@ -251,6 +251,19 @@ class Bench:
             argv += ["--set", s]
         return self.run(label, argv, out=out)
 
+    def guarded(self, part: str, fn: Any, *args: Any) -> Any:
+        """``fn(*args)``; an exception becomes a 'failed' row and the run goes on to the next
+        part (a GPU lease is short: one broken part must not cost the others)."""
+        try:
+            return fn(*args)
+        except Exception as e:  # noqa: BLE001 - reported in the table, with its traceback logged
+            import traceback
+
+            log(traceback.format_exc())
+            self.add(part, "not finished", None, "", note=f"failed: {type(e).__name__}: {e}"[:200])
+            _free_device(self.args.device)
+            return None
+
     def add(self, part: str, item: str, value: float | None, unit: str, **extra: Any) -> None:
         self.rows.append({"part": part, "item": item, "value": value, "unit": unit} | extra)
 
@@ -687,9 +700,9 @@ def main() -> None:
     try:
         data = None
         if {"roof", "sae", "sweep"} & set(parts):
-            data = bench.make_data()
-        if "roof" in parts:
-            bench.part_roof(data)
+            data = bench.guarded("data", bench.make_data)
+        if "roof" in parts and data is not None:
+            bench.guarded("roof", bench.part_roof, data)
             bench.write(header)
         if data is not None:
             del data
@@ -700,7 +713,7 @@ def main() -> None:
             if bench.remaining() < 20:
                 bench.add(name, "not run", None, "", note="skipped: out of --budget-s")
                 continue
-            getattr(bench, f"part_{name}")()
+            bench.guarded(name, getattr(bench, f"part_{name}"))
             bench.write(header)
     finally:
         header += f" Wall time of the whole benchmark: {time.perf_counter() - t_start:.0f} s."
