@@ -142,7 +142,8 @@ def _forward(
     # gradient per code.
     resid_aug = _with_ones_column(x_hat)
     resid = torch.sub(x_hat, x, out=resid_aug[:, :, :d])
-    reconstruction = torch.linalg.vector_norm(resid, dim=(1, 2)).square_().div_(n)
+    # (square and sum: linalg.vector_norm over this strided view is 3x slower)
+    reconstruction = resid.square().sum((1, 2)).div_(n)
     totals = codes.sum(1)  # [I, L]: Σ over the batch of each latent's code
     if penalty == "sum":
         norms = None
