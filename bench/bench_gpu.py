@@ -494,7 +494,7 @@ class Bench:
             runtime = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {})["runtime"]
         except (OSError, KeyError, TypeError, yaml.YAMLError):
             return None, {}
-        keep = ("accelerator", "precision", "tf32", "steps_per_call", "threads")
+        keep = ("accelerator", "precision", "tf32", "cuda_graphs", "steps_per_call", "threads")
         runtime = {k: runtime[k] for k in keep if k in runtime}
         precision = str(runtime.get("precision") or "32-true")
         if precision in ("32-true", "32"):

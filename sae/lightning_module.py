@@ -11,11 +11,13 @@ from torch import Tensor
 from sae.config import SAERunConfig
 from sae.data import ActivationSource
 from sae.geometric_median import geometric_median
+from sae.loss import sae_forward_backward
 from sae.model import SparseAutoencoder
 from sae.optim import InstanceAdam
 from sae.resampling import resample_dead_latents
 from sae.run.config_io import config_to_dict, from_dict
 from sae.run.engine import StepEngine, StepOutput
+from sae.run.graphs import GraphedFunction, graphs_usable
 from sae.run.instance_names import instance_labels
 from sae.run.metrics_log import log_scalars
 from sae.run.schedules import lr_lambda, warmup_factor
@@ -67,6 +69,9 @@ class SAEModule(StepEngine):
         )
         self.instance_lr = torch.tensor(lr)
         self.source = source
+        self.graphed_step: GraphedFunction | None = None
+        """The step's forward and backward replayed from a CUDA graph (``runtime.cuda_graphs``;
+        set when training starts)."""
         # Buffers, so that a checkpoint restores them and they follow the device.
         self.register_buffer("l1_coefficient", torch.tensor(l1))
         self.register_buffer("input_scale", torch.ones(()))
@@ -135,6 +140,13 @@ class SAEModule(StepEngine):
 
     def on_train_start(self) -> None:
         super().on_train_start()
+        runtime = self.config.runtime
+        self.graphed_step = None
+        if runtime.cuda_graphs and graphs_usable(
+            self.device, self.trainer.world_size, runtime.precision
+        ):
+            # x (0) and the sparsity weight (7) change every step; the parameters are read in place.
+            self.graphed_step = GraphedFunction(sae_forward_backward, (0, 7), "the SAE step")
         t = self.config.train
         shards, size = rank_blocks(t.data_shards, t.batch_size, *self.world_and_rank())
         self.source.prepare(
@@ -145,7 +157,8 @@ class SAEModule(StepEngine):
     def train_step(self, step: int) -> StepOutput:
         x = self.draw_batch(step)
         l1 = self.l1_coefficient * warmup_factor(step, self.config.train.l1_warmup_steps)
-        out = self.sae.forward_backward(x, l1)  # sets the gradients of Σ per_instance
+        # Sets the gradients of Σ per_instance (from a CUDA graph under runtime.cuda_graphs).
+        out = self.sae.forward_backward(x, l1, self.graphed_step or sae_forward_backward)
         per_instance = out.reconstruction + l1 * out.sparsity
         # Counts of codes > 0 as float32 0/1 sums: exact (batch < 2^24), the same numbers as
         # (codes > 0).sum(1).float() without widening a bool tensor to int64 (3-4x faster),

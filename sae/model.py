@@ -7,7 +7,8 @@ losses are summed, so each instance trains exactly as it would alone.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -105,16 +106,19 @@ class SparseAutoencoder(nn.Module):
             return self.reference_forward(x)
         return SAEOutput(*sae_forward(x, *self._loss_inputs()))
 
-    def forward_backward(self, x: Tensor, sparsity_weight: Tensor) -> SAEOutput:
+    def forward_backward(
+        self, x: Tensor, sparsity_weight: Tensor, run: Callable[..., Any] = sae_forward_backward
+    ) -> SAEOutput:
         """The training step's forward and backward: the outputs (detached), with the gradients
         of Σ_i reconstruction_i + ``sparsity_weight``_i · sparsity_i added to the parameters'
-        ``.grad`` (as ``backward`` adds them). Computed without autograd's graph
-        (``sae_forward_backward``) unless autocast is on."""
+        ``.grad`` (as ``backward`` adds them). Computed without autograd's graph by ``run``
+        (``sae_forward_backward``, or it replayed from a CUDA graph: ``sae.run.graphs``) unless
+        autocast is on."""
         if torch.is_autocast_enabled(x.device.type):
             out = self.reference_forward(x)
             (out.reconstruction + sparsity_weight * out.sparsity).sum().backward()
             return SAEOutput(*(t.detach() for t in out))
-        outputs, grads = sae_forward_backward(x, *self._loss_inputs(), sparsity_weight)
+        outputs, grads = run(x, *self._loss_inputs(), sparsity_weight)
         for p, g in zip((self.W_enc, self.W_dec, self.b_enc, self.b_dec), grads):
             if g is not None:
                 p.grad = g if p.grad is None else p.grad.add_(g)

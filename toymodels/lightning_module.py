@@ -12,6 +12,7 @@ from torch import Tensor
 
 from sae.run.config_io import config_to_dict, from_dict
 from sae.run.engine import StepEngine, StepOutput
+from sae.run.graphs import GraphedFunction, graphs_usable
 from sae.run.instance_names import instance_labels
 from sae.run.metrics_log import log_scalars
 from sae.run.prefetch import SeededBlocks
@@ -20,7 +21,7 @@ from sae.run.seeding import draw_rank_batch, rank_blocks, toy_eval_seed
 from toymodels.config import ToyConfig
 from toymodels.data import FeatureDistribution, instance_major
 from toymodels.diagnostics import diagnose, represented
-from toymodels.loss import toy_loss
+from toymodels.loss import toy_loss, toy_loss_and_gradients
 from toymodels.models import ToyModel, build_model
 
 
@@ -47,6 +48,9 @@ class ToyModelModule(StepEngine):
         self.blocks = SeededBlocks(d.uniforms, config.train.seed, finish=d.features)
         """The training batches' seeded blocks (their random numbers drawn ahead on a spare CPU
         core)."""
+        self.graphed_step: GraphedFunction | None = None
+        """The step's forward and backward replayed from a CUDA graph (``runtime.cuda_graphs``;
+        set when training starts)."""
 
     def draw_batch(self, step: int) -> Tensor:
         """This rank's share of global batch ``step``: blocks of a seeded stream, so any
@@ -64,6 +68,13 @@ class ToyModelModule(StepEngine):
 
     def on_train_start(self) -> None:
         super().on_train_start()
+        runtime = self.config.runtime
+        self.graphed_step = None
+        if runtime.cuda_graphs and graphs_usable(
+            self.device, self.trainer.world_size, runtime.precision
+        ):
+            # x (1) changes every step; the parameters are read in place.
+            self.graphed_step = GraphedFunction(toy_loss_and_gradients, (1,), "the toy step")
         # With a CPU core to spare, the random numbers of the coming steps' blocks are drawn on
         # it (the masks that turn them into features run in the step).
         t = self.config.train
@@ -81,12 +92,23 @@ class ToyModelModule(StepEngine):
         return toy_loss(self.model, x, self.distribution.importance)
 
     def train_step(self, step: int) -> StepOutput:
-        per_instance = self.per_instance_loss(self.draw_batch(step))
+        x = self.draw_batch(step)
+        graphed = self.graphed_step is not None
+        if graphed:  # forward and backward replayed from a CUDA graph
+            params = list(self.model.parameters())
+            per_instance, grads = self.graphed_step(
+                self.model, x, self.distribution.importance, *params
+            )
+            for p, g in zip(params, grads):
+                p.grad = g if p.grad is None else p.grad.add_(g)
+        else:
+            per_instance = self.per_instance_loss(x)
         loss = per_instance.sum()
         # Log after every log_every-th step (steps 9, 19, ... for 10), stamped with this step.
+        scalars = None
         if (step + 1) % self.config.train.log_every == 0:
-            return StepOutput(loss, self._log_metrics(step, loss, per_instance))
-        return StepOutput(loss)
+            scalars = self._log_metrics(step, loss, per_instance)
+        return StepOutput(loss, scalars, gradients_ready=graphed)
 
     def _log_metrics(self, step: int, loss: Tensor, per_instance: Tensor) -> dict[str, float]:
         diag = diagnose(self.model.feature_weights)

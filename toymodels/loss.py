@@ -62,6 +62,19 @@ def toy_loss(model: Any, x: Tensor, importance: Tensor) -> Tensor:
     return _ToyLoss.apply(x, model.W, None, model.b, importance, hidden_relu, output_relu, False)
 
 
+def toy_loss_and_gradients(
+    model: Any, x: Tensor, importance: Tensor, *params: Tensor
+) -> tuple[Tensor, tuple[Tensor, ...]]:
+    """``toy_loss`` [instances] (detached) and the gradients of its sum with respect to
+    ``params`` (the model's parameters), as one function of tensors that changes nothing: what
+    ``sae.run.graphs.GraphedFunction`` captures for ``runtime.cuda_graphs``. The same numbers as
+    ``toy_loss(...).sum().backward()``."""
+    with torch.enable_grad():
+        per_instance = toy_loss(model, x, importance)
+        grads = torch.autograd.grad(per_instance.sum(), params)
+    return per_instance.detach(), grads
+
+
 class _ToyLoss(torch.autograd.Function):
     """Per-instance loss of h = act(W_inᵀ x), out = act(W_outᵀ h + b) against x (or |x|), with
     W_in [instances, features, hidden] and W_out [instances, hidden, features] (None: tied,

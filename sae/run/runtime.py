@@ -53,6 +53,11 @@ class RuntimeConfig(Config):
     steps_per_call: int | None = None
     """Optimizer steps run inside one Lightning training call. None: chosen from the measured
     cost of a step (about 50 ms of work a call). Results do not depend on it."""
+    cuda_graphs: bool = False
+    """Replay the model's forward and backward from a CUDA graph (``sae/run/graphs.py``): one
+    launch instead of dozens a step, for the small models where launches dominate. Applies on a
+    CUDA device with one process and 32-true or 64-true precision (ignored elsewhere); the data
+    draw, the optimizer and logging stay eager. Off by default until measured on a GPU."""
     draw_ahead: bool = True
     """On a CPU with a core beyond torch's threads, make the coming steps' data (toy features,
     a live toy model's activations for ``sae train --toy``) on it while the current step trains
