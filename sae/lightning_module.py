@@ -153,6 +153,10 @@ class SAEModule(StepEngine):
             self.device, shards, size, self.global_step, t.steps, self.config.runtime.draw_ahead
         )
 
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        self.graphed_step = None  # its memory pool, before any evaluation on the device
+
     # -- training -----------------------------------------------------------------------
     def train_step(self, step: int) -> StepOutput:
         x = self.draw_batch(step)

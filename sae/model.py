@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from sae.loss import sae_forward, sae_forward_backward
 from sae.recipes import DEFAULT_RECIPE, Recipe, get_recipe
+from sae.run.graphs import keep_gradients
 
 
 class SAEOutput(NamedTuple):
@@ -118,8 +119,10 @@ class SparseAutoencoder(nn.Module):
             out = self.reference_forward(x)
             (out.reconstruction + sparsity_weight * out.sparsity).sum().backward()
             return SAEOutput(*(t.detach() for t in out))
+        params = (self.W_enc, self.W_dec, self.b_enc, self.b_dec)
+        keep_gradients(run, [p for p in params if p is not None])
         outputs, grads = run(x, *self._loss_inputs(), sparsity_weight)
-        for p, g in zip((self.W_enc, self.W_dec, self.b_enc, self.b_dec), grads):
+        for p, g in zip(params, grads):
             if g is not None:
                 p.grad = g if p.grad is None else p.grad.add_(g)
         return SAEOutput(*outputs)

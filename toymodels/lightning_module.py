@@ -12,7 +12,7 @@ from torch import Tensor
 
 from sae.run.config_io import config_to_dict, from_dict
 from sae.run.engine import StepEngine, StepOutput
-from sae.run.graphs import GraphedFunction, graphs_usable
+from sae.run.graphs import GraphedFunction, graphs_usable, keep_gradients
 from sae.run.instance_names import instance_labels
 from sae.run.metrics_log import log_scalars
 from sae.run.prefetch import SeededBlocks
@@ -87,6 +87,7 @@ class ToyModelModule(StepEngine):
     def on_train_end(self) -> None:
         super().on_train_end()
         self.blocks.stop()
+        self.graphed_step = None  # its memory pool, before any evaluation on the device
 
     def per_instance_loss(self, x: Tensor) -> Tensor:
         return toy_loss(self.model, x, self.distribution.importance)
@@ -96,6 +97,7 @@ class ToyModelModule(StepEngine):
         graphed = self.graphed_step is not None
         if graphed:  # forward and backward replayed from a CUDA graph
             params = list(self.model.parameters())
+            keep_gradients(self.graphed_step, params)
             per_instance, grads = self.graphed_step(
                 self.model, x, self.distribution.importance, *params
             )

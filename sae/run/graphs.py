@@ -8,27 +8,34 @@ backward, returning the outputs and the gradients), under ``runtime.cuda_graphs`
 - its ``varying`` arguments (the batch, the step's sparsity weight) are copied into the graph's
   own input tensors at each call; every other tensor argument (parameters, masks) is read where
   it lies, so in-place updates (the optimizer, resampling, loading a checkpoint) are seen;
-- the outputs are the graph's own tensors, overwritten by the next call;
-- it captures again when a shape or a fixed tensor's storage changes, and falls back to calling
-  the function eagerly (with a warning, once) when capture fails.
+- the outputs are the graph's own tensors, overwritten by the next call (``owns`` tells a
+  caller which tensors those are, e.g. a gradient it must copy before accumulating into it);
+- it captures again when a shape, a layout or a fixed tensor's storage changes.
 
 What varies from step to step outside tensors (the step count, the learning rate, the batch's
 rows) would be baked into a graph, so the data draw, the optimizer, the schedule and logging stay
-eager around it: only the function is captured.
+eager around it: only the function is captured. Where graphs cannot apply (the CPU, several
+processes, autocast) training runs without them (``graphs_usable``); a capture that fails
+anyway stops the run with a one-line error naming the switch, rather than continuing in
+whatever state the failed capture left the device.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from sae.run.errors import RunError
+
 WARMUP_CALLS = 3
 """Eager calls on the capture's side stream before capturing (torch's recipe: lazy library
 initialisation and allocator state happen outside the graph)."""
+CAPTURES_BEFORE_WARNING = 3
+"""More captures than this mean a fixed argument moves between calls (each costs a sync)."""
 
 
 class CudaGraph:
@@ -62,51 +69,82 @@ class GraphedFunction:
 
     def __init__(self, fn: Callable[..., Any], varying: Sequence[int], name: str = "") -> None:
         self.fn, self.varying, self.name = fn, tuple(varying), name or fn.__name__
-        self.failed: str | None = None
-        """Why capture failed (then every call runs ``fn`` eagerly)."""
         self.captures = 0
         self._key: tuple | None = None
+        self._owned: set[int] = set()
 
     def __call__(self, *args: Any) -> Any:
-        if self.failed is not None:
-            return self.fn(*args)
         key = self._key_of(args)
         if key != self._key:
-            try:
-                self._capture(args)
-            except Exception as e:  # noqa: BLE001 - any capture failure falls back to eager
-                self.failed = f"{type(e).__name__}: {e}"
-                warnings.warn(
-                    f"CUDA graph capture of {self.name} failed, running it eagerly: {self.failed}",
-                    stacklevel=2,
-                )
-                return self.fn(*args)
+            self._capture(args)
             self._key = key
         for i, static in zip(self.varying, self._inputs):
             static.copy_(args[i])
         self._graph.replay()
         return self._outputs
 
+    def owns(self, t: Tensor) -> bool:
+        """Whether ``t`` is one of the graph's output tensors (the next call overwrites it)."""
+        return id(t) in self._owned
+
     def _key_of(self, args: Sequence[Any]) -> tuple:
-        """What a capture depends on: each tensor argument's shape, dtype, device and
+        """What a capture depends on: each tensor argument's shape, strides, dtype, device and
         requires_grad, the storage of the fixed ones, the value of the other arguments."""
         key = []
         for i, a in enumerate(args):
             if isinstance(a, Tensor):
                 where = None if i in self.varying else a.data_ptr()
-                key.append((tuple(a.shape), a.dtype, a.device, a.requires_grad, where))
+                key.append((a.shape, a.stride(), a.dtype, a.device, a.requires_grad, where))
             else:
                 key.append(a)
         return tuple(key)
 
     def _capture(self, args: Sequence[Any]) -> None:
+        self._graph = self._outputs = None  # the previous graph's memory, before the new one
+        self._owned = set()
         self._inputs = [args[i].clone() for i in self.varying]
         call_args = list(args)
         for i, static in zip(self.varying, self._inputs):
             call_args[i] = static
-        self._graph = self.backend()
-        self._outputs = self._graph.capture(lambda: self.fn(*call_args))
+        graph = self.backend()
+        try:
+            outputs = graph.capture(lambda: self.fn(*call_args))
+        except Exception as e:
+            raise RunError(
+                f"CUDA graph capture of {self.name} failed ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); run without it: "
+                "--set runtime.cuda_graphs=false"
+            ) from e
+        self._graph, self._outputs = graph, outputs
+        self._owned = {id(t) for t in _tensors(outputs)}
         self.captures += 1
+        if self.captures == CAPTURES_BEFORE_WARNING + 1:
+            warnings.warn(
+                f"{self.name} was captured as a CUDA graph {self.captures} times: an argument "
+                "changes shape or storage between calls, and every capture costs a sync",
+                stacklevel=3,
+            )
+
+
+def keep_gradients(run: Any, params: Iterable[Tensor]) -> None:
+    """Before calling ``run`` (a ``GraphedFunction`` or a plain function): a parameter's
+    ``.grad`` that is still one of the graph's output tensors becomes a copy, so gradients
+    accumulated over calls without zeroing add up (the call would overwrite it). Training zeroes
+    gradients every step, so this copies nothing there."""
+    owns = getattr(run, "owns", None)
+    if owns is None:
+        return
+    for p in params:
+        if p.grad is not None and owns(p.grad):
+            p.grad = p.grad.clone()
+
+
+def _tensors(tree: Any) -> Iterator[Tensor]:
+    if isinstance(tree, Tensor):
+        yield tree
+    elif isinstance(tree, (tuple, list)):
+        for item in tree:
+            yield from _tensors(item)
 
 
 def graphs_usable(device: torch.device, world_size: int, precision: str) -> bool:
