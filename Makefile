@@ -24,7 +24,7 @@ demo: install
 test: install lint
 	$(BIN)/python -m pytest -q
 
-# Local work: everything but the tests marked slow (real trainings, DDP, signals); under a minute.
+# Local work: everything but the tests marked slow (real trainings, DDP, signals); ~2 minutes.
 test-fast: install lint
 	$(BIN)/python -m pytest -q -m "not slow"
 
