@@ -132,6 +132,27 @@ def test_a_failed_capture_stops_the_run_with_a_one_line_error(
     assert "\n" not in str(caught.value) and "runtime.cuda_graphs=false" in str(caught.value)
 
 
+def test_a_failed_capture_stops_sae_training_with_a_run_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through Lightning's fit, as `sae train` meets it (the CLI prints a RunError as one
+    line)."""
+
+    class Broken:
+        def capture(self, fn: Any) -> Any:
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(GraphedFunction, "backend", Broken)
+    monkeypatch.setattr(sae.lightning_module, "graphs_usable", lambda *args: True)
+    path = tmp_path / "planted.safetensors"
+    write_planted_file(path, n_features=8, d=4, n_rows=512, p=0.1, seed=1)
+    config = sae_config(
+        sae={"d_sae": 8}, train={"steps": 5, "batch_size": 32}, runtime={"cuda_graphs": True}
+    )
+    with pytest.raises(RunError, match="capture of the SAE step failed"):
+        train_saes(config, file_source(path, config), tmp_path / "run")
+
+
 def test_gradients_accumulated_over_graphed_calls_add_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """The graph's gradient tensors are overwritten by its next call: forward_backward copies
     a .grad that is still one of them before calling again, so accumulation is backward's."""
