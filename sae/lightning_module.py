@@ -17,7 +17,7 @@ from sae.optim import InstanceAdam
 from sae.resampling import resample_dead_latents
 from sae.run.config_io import config_to_dict, from_dict
 from sae.run.engine import StepEngine, StepOutput
-from sae.run.graphs import GraphedFunction, graphs_usable
+from sae.run.graphs import GraphedFunction, graphed_if_usable
 from sae.run.instance_names import instance_labels
 from sae.run.metrics_log import log_scalars
 from sae.run.schedules import lr_lambda, warmup_factor
@@ -140,13 +140,10 @@ class SAEModule(StepEngine):
 
     def on_train_start(self) -> None:
         super().on_train_start()
-        runtime = self.config.runtime
-        self.graphed_step = None
-        if runtime.cuda_graphs and graphs_usable(
-            self.device, self.trainer.world_size, runtime.precision
-        ):
-            # x (0) and the sparsity weight (7) change every step; the parameters are read in place.
-            self.graphed_step = GraphedFunction(sae_forward_backward, (0, 7), "the SAE step")
+        # x (0) and the sparsity weight (7) change every step; the parameters are read in place.
+        self.graphed_step = graphed_if_usable(
+            sae_forward_backward, (0, 7), "the SAE step", self.config.runtime, self.trainer
+        )
         t = self.config.train
         shards, size = rank_blocks(t.data_shards, t.batch_size, *self.world_and_rank())
         self.source.prepare(

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from sae.loss import sae_forward, sae_forward_backward
 from sae.recipes import DEFAULT_RECIPE, Recipe, get_recipe
-from sae.run.graphs import keep_gradients
+from sae.run.graphs import add_gradients
 
 
 class SAEOutput(NamedTuple):
@@ -120,12 +120,7 @@ class SparseAutoencoder(nn.Module):
             (out.reconstruction + sparsity_weight * out.sparsity).sum().backward()
             return SAEOutput(*(t.detach() for t in out))
         params = (self.W_enc, self.W_dec, self.b_enc, self.b_dec)
-        keep_gradients(run, [p for p in params if p is not None])
-        outputs, grads = run(x, *self._loss_inputs(), sparsity_weight)
-        for p, g in zip(params, grads):
-            if g is not None:
-                p.grad = g if p.grad is None else p.grad.add_(g)
-        return SAEOutput(*outputs)
+        return SAEOutput(*add_gradients(run, params, x, *self._loss_inputs(), sparsity_weight))
 
     def _loss_inputs(self) -> tuple[Tensor, Tensor | None, Tensor, Tensor, Tensor | None, str]:
         """What ``sae.loss`` takes after x: W_enc, W_dec, b_enc, b_dec, latent_mask, penalty."""

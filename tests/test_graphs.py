@@ -17,8 +17,7 @@ from devices import ACCELERATOR, DEVICES
 from safetensors.torch import load_file
 from synthetic import file_source, sae_config, write_planted_file
 
-import sae.lightning_module
-import toymodels.lightning_module
+import sae.run.graphs
 from sae.model import SparseAutoencoder
 from sae.run.config_io import from_dict
 from sae.run.errors import RunError
@@ -77,8 +76,7 @@ def graphs_device(monkeypatch: pytest.MonkeyPatch, request) -> str:
     monkeypatch.setitem(COUNTS, "replays", 0)
     if device == "cpu":
         monkeypatch.setattr(GraphedFunction, "backend", ReplayedOnCPU)
-        for module in (sae.lightning_module, toymodels.lightning_module):
-            monkeypatch.setattr(module, "graphs_usable", lambda *args: True)
+        monkeypatch.setattr(sae.run.graphs, "graphs_usable", lambda *args: True)
     else:
         monkeypatch.setattr(GraphedFunction, "backend", CountedCudaGraph)
     return device
@@ -143,7 +141,7 @@ def test_a_failed_capture_stops_sae_training_with_a_run_error(
             raise RuntimeError("operation not permitted when stream is capturing")
 
     monkeypatch.setattr(GraphedFunction, "backend", Broken)
-    monkeypatch.setattr(sae.lightning_module, "graphs_usable", lambda *args: True)
+    monkeypatch.setattr(sae.run.graphs, "graphs_usable", lambda *args: True)
     path = tmp_path / "planted.safetensors"
     write_planted_file(path, n_features=8, d=4, n_rows=512, p=0.1, seed=1)
     config = sae_config(

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from sae.run.config_io import config_to_dict, from_dict
 from sae.run.engine import StepEngine, StepOutput
-from sae.run.graphs import GraphedFunction, graphs_usable, keep_gradients
+from sae.run.graphs import GraphedFunction, add_gradients, graphed_if_usable
 from sae.run.instance_names import instance_labels
 from sae.run.metrics_log import log_scalars
 from sae.run.prefetch import SeededBlocks
@@ -68,13 +68,10 @@ class ToyModelModule(StepEngine):
 
     def on_train_start(self) -> None:
         super().on_train_start()
-        runtime = self.config.runtime
-        self.graphed_step = None
-        if runtime.cuda_graphs and graphs_usable(
-            self.device, self.trainer.world_size, runtime.precision
-        ):
-            # x (1) changes every step; the parameters are read in place.
-            self.graphed_step = GraphedFunction(toy_loss_and_gradients, (1,), "the toy step")
+        # x (1) changes every step; the parameters are read in place.
+        self.graphed_step = graphed_if_usable(
+            toy_loss_and_gradients, (1,), "the toy step", self.config.runtime, self.trainer
+        )
         # With a CPU core to spare, the random numbers of the coming steps' blocks are drawn on
         # it (the masks that turn them into features run in the step).
         t = self.config.train
@@ -97,12 +94,10 @@ class ToyModelModule(StepEngine):
         graphed = self.graphed_step is not None
         if graphed:  # forward and backward replayed from a CUDA graph
             params = list(self.model.parameters())
-            keep_gradients(self.graphed_step, params)
-            per_instance, grads = self.graphed_step(
-                self.model, x, self.distribution.importance, *params
+            importance = self.distribution.importance
+            per_instance = add_gradients(
+                self.graphed_step, params, self.model, x, importance, *params
             )
-            for p, g in zip(params, grads):
-                p.grad = g if p.grad is None else p.grad.add_(g)
         else:
             per_instance = self.per_instance_loss(x)
         loss = per_instance.sum()

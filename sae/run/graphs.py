@@ -23,7 +23,7 @@ whatever state the failed capture left the device.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -126,17 +126,33 @@ class GraphedFunction:
             )
 
 
-def keep_gradients(run: Any, params: Iterable[Tensor]) -> None:
-    """Before calling ``run`` (a ``GraphedFunction`` or a plain function): a parameter's
-    ``.grad`` that is still one of the graph's output tensors becomes a copy, so gradients
-    accumulated over calls without zeroing add up (the call would overwrite it). Training zeroes
-    gradients every step, so this copies nothing there."""
+def add_gradients(run: Callable[..., Any], params: Sequence[Tensor | None], *args: Any) -> Any:
+    """``outputs, grads = run(*args)`` (a plain function or a ``GraphedFunction``), ``grads``
+    those of ``params`` (None: none), added to their ``.grad`` as ``backward`` adds them; returns
+    ``outputs``. A ``.grad`` that is still one of a graph's output tensors is copied first, so
+    gradients accumulated over calls without zeroing add up (the call would overwrite it);
+    training zeroes gradients every step, so nothing is copied there."""
     owns = getattr(run, "owns", None)
-    if owns is None:
-        return
-    for p in params:
-        if p.grad is not None and owns(p.grad):
-            p.grad = p.grad.clone()
+    if owns is not None:
+        for p in params:
+            if p is not None and p.grad is not None and owns(p.grad):
+                p.grad = p.grad.clone()
+    outputs, grads = run(*args)
+    for p, g in zip(params, grads, strict=True):
+        if p is not None and g is not None:
+            p.grad = g if p.grad is None else p.grad.add_(g)
+    return outputs
+
+
+def graphed_if_usable(
+    fn: Callable[..., Any], varying: Sequence[int], name: str, runtime: Any, trainer: Any
+) -> GraphedFunction | None:
+    """``fn`` as a ``GraphedFunction`` when ``runtime.cuda_graphs`` is on and applies to the
+    trainer's run (``graphs_usable``), else None (call ``fn`` itself)."""
+    device = trainer.strategy.root_device
+    if runtime.cuda_graphs and graphs_usable(device, trainer.world_size, runtime.precision):
+        return GraphedFunction(fn, varying, name)
+    return None
 
 
 def _tensors(tree: Any) -> Iterator[Tensor]:
