@@ -24,12 +24,17 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from sae.run.errors import RunError
+
+if TYPE_CHECKING:  # (Lightning is imported only when a command runs)
+    import lightning as L
+
+    from sae.run.runtime import RuntimeConfig
 
 WARMUP_CALLS = 3
 """Eager calls on the capture's side stream before capturing (torch's recipe: lazy library
@@ -145,7 +150,11 @@ def add_gradients(run: Callable[..., Any], params: Sequence[Tensor | None], *arg
 
 
 def graphed_if_usable(
-    fn: Callable[..., Any], varying: Sequence[int], name: str, runtime: Any, trainer: Any
+    fn: Callable[..., Any],
+    varying: Sequence[int],
+    name: str,
+    runtime: RuntimeConfig,
+    trainer: L.Trainer,
 ) -> GraphedFunction | None:
     """``fn`` as a ``GraphedFunction`` when ``runtime.cuda_graphs`` is on and applies to the
     trainer's run (``graphs_usable``), else None (call ``fn`` itself)."""
