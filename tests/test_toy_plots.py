@@ -138,7 +138,8 @@ def test_hand_laid_out_figures_fit(
     panel's title or tick labels run into another panel or the colour bar."""
     checked: list[str] = []
 
-    def check_then_save(fig, path):
+    def check_then_save(fig, path, tight):
+        assert fig.get_layout_engine() is None and tight is False  # no extra layout draw
         fig.canvas.draw()
         renderer = fig.canvas.get_renderer()
         canvas = fig.bbox
@@ -154,7 +155,7 @@ def test_hand_laid_out_figures_fit(
                         or min(a.intersection(a, b).width, a.intersection(a, b).height) <= 1
                     ), path
         checked.append(Path(path).name)
-        save(fig, path)
+        save(fig, path, tight)
 
     save = plots.save_figure
     monkeypatch.setattr(plots, "save_figure", check_then_save)

@@ -21,7 +21,6 @@ from matplotlib.cm import ScalarMappable
 from matplotlib.collections import PolyCollection
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.font_manager import FontProperties
-from matplotlib.layout_engine import PlaceHolderLayoutEngine
 from matplotlib.textpath import text_to_path
 from matplotlib.ticker import FixedLocator, MaxNLocator
 from matplotlib.transforms import blended_transform_factory
@@ -42,20 +41,22 @@ DIMENSIONALITY_GUIDES: tuple[tuple[float, str], ...] = (
 
 def _finish(fig: plt.Figure, path: str | os.PathLike, title: str) -> Path:
     """Set the title, save the figure atomically and return the path."""
+    by_hand = fig.get_layout_engine() is None  # see "layout by hand" below
     if title:
-        if isinstance(fig.get_layout_engine(), PlaceHolderLayoutEngine):  # laid out by hand
+        if by_hand:
             fig.suptitle(title, y=1.0 - _EDGE / fig.get_figheight(), va="top")
         else:
             fig.suptitle(title)
-    save_figure(fig, path)
+    save_figure(fig, path, tight=not by_hand)
     return Path(path)
 
 
 # -- layout by hand ---------------------------------------------------------------------------
 # The figures below know their geometry, so they place their axes once from font sizes instead
 # of asking constrained layout, which measures every tick label of every panel twice per save
-# (about half the drawing time of a grid). The placeholder layout engine marks a figure as laid
-# out: save_figure then skips its bbox_inches="tight" pass, which would measure them all again.
+# (about half the drawing time of a grid). Such a figure has no layout engine and is saved
+# without bbox_inches="tight": either would cost a whole extra draw at save time (matplotlib
+# lays out before printing whenever a figure has any engine, even a placeholder).
 
 _PT = 1.0 / 72.0  # inches per point
 _EDGE = 0.08  # inches of blank border around the figure
@@ -93,11 +94,8 @@ def _tick_label_width(axis: matplotlib.axis.Axis) -> float:
 
 
 def _figure(width: float, height: float) -> plt.Figure:
-    """A figure whose axes the caller places (the placeholder engine: see the note above)."""
-    return plt.figure(
-        figsize=(width, height),
-        layout=PlaceHolderLayoutEngine(adjust_compatible=True, colorbar_gridspec=True),
-    )
+    """A figure whose axes the caller places (no layout engine: see the note above)."""
+    return plt.figure(figsize=(width, height), layout="none")
 
 
 def _place(fig: plt.Figure, left: float, bottom: float, right: float, top: float) -> list:

@@ -53,12 +53,15 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def save_figure(fig: Any, path: str | os.PathLike) -> None:
-    """Save a matplotlib figure as PNG atomically and close it."""
+def save_figure(fig: Any, path: str | os.PathLike, tight: bool | None = None) -> None:
+    """Save a matplotlib figure as PNG atomically and close it. ``tight``: crop to what is
+    drawn, which costs a second (layout) draw; by default only figures without a layout engine
+    are cropped (an engine already fits everything in). A figure whose axes are placed by hand
+    passes False and has no engine: matplotlib runs the extra draw for any engine at all."""
     import matplotlib.pyplot as plt
 
+    if tight is None:
+        tight = fig.get_layout_engine() is None
     with atomic_path(path) as tmp:
-        # A layout engine already fits everything in; "tight" would draw the figure twice.
-        tight = None if fig.get_layout_engine() else "tight"
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches=tight)
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight" if tight else None)
     plt.close(fig)
