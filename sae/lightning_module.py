@@ -13,13 +13,13 @@ from sae.data import ActivationSource
 from sae.geometric_median import geometric_median
 from sae.loss import sae_forward_backward
 from sae.model import SparseAutoencoder
-from sae.optim import InstanceAdam
 from sae.resampling import resample_dead_latents
 from sae.run.config_io import config_to_dict, from_dict
 from sae.run.engine import StepEngine, StepOutput
 from sae.run.graphs import GraphedFunction, graphed_if_usable
 from sae.run.instance_names import instance_labels
 from sae.run.metrics_log import log_scalars
+from sae.run.optim import InstanceAdam
 from sae.run.schedules import lr_lambda, warmup_factor
 from sae.run.seeding import (
     data_init_seed,

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from sae.model import SparseAutoencoder
-from sae.optim import InstanceAdam
+from sae.run.optim import InstanceAdam
 
 
 @torch.no_grad()

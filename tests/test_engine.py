@@ -197,7 +197,7 @@ def test_cpu_training_keeps_freed_memory_and_flushes_denormals(
 
 DENORMALS_SCRIPT = """
 import sys, torch
-from sae.optim import InstanceAdam
+from sae.run.optim import InstanceAdam
 from sae.run.runtime import flush_denormals
 if sys.argv[1] == "flush" and not flush_denormals():
     sys.exit("unsupported")

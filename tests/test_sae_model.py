@@ -7,7 +7,7 @@ import torch
 
 from sae.io import load_sae, save_sae
 from sae.model import SparseAutoencoder
-from sae.optim import InstanceAdam
+from sae.run.optim import InstanceAdam
 
 
 def _random_sae(recipe: str = "april2024", n_instances: int = 3, tied: bool = False):

@@ -15,9 +15,9 @@ from sae.io import load_sae
 from sae.lightning_module import SAEModule
 from sae.metrics import evaluate_dictionary
 from sae.model import SparseAutoencoder
-from sae.optim import InstanceAdam
 from sae.resampling import resample_dead_latents
 from sae.run.metrics_log import read_metrics
+from sae.run.optim import InstanceAdam
 from sae.train import train_saes
 from toymodels.export import ToyActivationSource
 
