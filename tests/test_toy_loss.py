@@ -1,5 +1,6 @@
 """``toy_loss`` (one function, hand-written backward) against the plain composition through
-autograd, in float64, for every model kind and either input layout."""
+autograd, in float64, for every model kind and either input layout; and the training step's
+path without autograd (``toy_forward_backward``) against ``toy_loss`` under autograd."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 from toymodels.config import ToyKind
 from toymodels.data import instance_major
-from toymodels.loss import toy_loss, weighted_loss
+from toymodels.loss import toy_forward_backward, toy_loss, weighted_loss
 from toymodels.models import build_model
 
 KINDS = list(get_args(ToyKind))
@@ -92,3 +93,37 @@ def test_toy_loss_with_frozen_parameters(kind: str) -> None:
                 assert fused[name] is None and p.grad is None, name
             else:
                 torch.testing.assert_close(fused[name], p.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_training_path_equals_autograd_bit_for_bit(kind: str, dtype: torch.dtype) -> None:
+    """``toy_forward_backward`` (forward and backward called directly, no autograd graph) gives
+    the loss and the gradients of ``toy_loss(...).sum().backward()`` exactly, and a second call
+    without zeroing adds to the gradients as a second backward does."""
+    model, x, importance = _setup(kind, seed=3)
+    model, x, importance = model.to(dtype), instance_major(x.to(dtype)), importance.to(dtype)
+    results = []
+    for direct in (True, False):
+        model.zero_grad(set_to_none=True)
+        losses = []
+        for _ in range(2):
+            if direct:
+                losses.append(toy_forward_backward(model, x, importance))
+            else:
+                loss = toy_loss(model, x, importance)
+                loss.sum().backward()
+                losses.append(loss.detach())
+            results.append((losses[-1], [p.grad.clone() for p in model.parameters()]))
+    direct_results, autograd_results = results[:2], results[2:]
+    for (loss, grads), (ref_loss, ref_grads) in zip(direct_results, autograd_results):
+        assert not loss.requires_grad and torch.equal(loss, ref_loss)
+        for g, ref in zip(grads, ref_grads, strict=True):
+            assert ref.abs().max() > 0 and torch.equal(g, ref)
+
+
+def test_the_training_path_leaves_frozen_parameters_without_gradients() -> None:
+    model, x, importance = _setup("relu_output", seed=4)
+    model.b.requires_grad_(False)
+    toy_forward_backward(model, x, importance)
+    assert model.b.grad is None and model.W.grad is not None

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from sae.run.config_io import config_to_dict, from_dict
 from sae.run.engine import StepEngine, StepOutput
-from sae.run.graphs import GraphedFunction, add_gradients, graphed_if_usable
+from sae.run.graphs import GraphedFunction, graphed_if_usable
 from sae.run.instance_names import instance_labels
 from sae.run.metrics_log import log_scalars
 from sae.run.optim import InstanceAdam
@@ -22,7 +22,7 @@ from sae.run.seeding import draw_rank_batch, rank_blocks, toy_eval_seed
 from toymodels.config import ToyConfig
 from toymodels.data import FeatureDistribution, instance_major
 from toymodels.diagnostics import diagnose, represented
-from toymodels.loss import toy_loss, toy_loss_and_gradients
+from toymodels.loss import toy_forward_backward, toy_loss, toy_loss_and_gradients
 from toymodels.models import ToyModel, build_model
 
 
@@ -69,9 +69,9 @@ class ToyModelModule(StepEngine):
 
     def on_train_start(self) -> None:
         super().on_train_start()
-        # x (1) changes every step; the parameters are read in place.
+        # x (argument 0) changes every step; the parameters are read in place.
         self.graphed_step = graphed_if_usable(
-            toy_loss_and_gradients, (1,), "the toy step", self.config.runtime, self.trainer
+            toy_loss_and_gradients, (0,), "the toy step", self.config.runtime, self.trainer
         )
         # With a CPU core to spare, the random numbers of the coming steps' blocks are drawn on
         # it (the masks that turn them into features run in the step).
@@ -92,21 +92,15 @@ class ToyModelModule(StepEngine):
 
     def train_step(self, step: int) -> StepOutput:
         x = self.draw_batch(step)
-        graphed = self.graphed_step is not None
-        if graphed:  # forward and backward replayed from a CUDA graph
-            params = list(self.model.parameters())
-            importance = self.distribution.importance
-            per_instance = add_gradients(
-                self.graphed_step, params, self.model, x, importance, *params
-            )
-        else:
-            per_instance = self.per_instance_loss(x)
+        # Forward and backward without autograd's graph (or replayed from a CUDA graph).
+        importance = self.distribution.importance
+        per_instance = toy_forward_backward(self.model, x, importance, self.graphed_step)
         loss = per_instance.sum()
         # Log after every log_every-th step (steps 9, 19, ... for 10), stamped with this step.
         scalars = None
         if (step + 1) % self.config.train.log_every == 0:
             scalars = self._log_metrics(step, loss, per_instance)
-        return StepOutput(loss, scalars, gradients_ready=graphed)
+        return StepOutput(loss, scalars, gradients_ready=True)
 
     def _log_metrics(self, step: int, loss: Tensor, per_instance: Tensor) -> dict[str, float]:
         diag = diagnose(self.model.feature_weights)
