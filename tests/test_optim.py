@@ -156,7 +156,7 @@ def test_a_torch_optimizer_state_is_refused_and_old_states_still_load() -> None:
     w.grad = torch.ones_like(w)
     theirs.step()
     ours = InstanceAdam([torch.nn.Parameter(torch.ones(2, 3))], torch.full((2,), 1e-3))
-    with pytest.raises(UsageError, match="not InstanceAdam's"):
+    with pytest.raises(UsageError, match="not written by InstanceAdam"):
         ours.load_state_dict(theirs.state_dict())
     old = InstanceAdam([w], torch.full((2,), 1e-3, dtype=torch.float64)).state_dict()
     for group in old["param_groups"]:

@@ -9,6 +9,7 @@ and returns the path it wrote.
 from __future__ import annotations
 
 import os
+import weakref
 from pathlib import Path
 
 import matplotlib
@@ -41,7 +42,7 @@ DIMENSIONALITY_GUIDES: tuple[tuple[float, str], ...] = (
 
 def _finish(fig: plt.Figure, path: str | os.PathLike, title: str) -> Path:
     """Set the title, save the figure atomically and return the path."""
-    by_hand = fig.get_layout_engine() is None  # see "layout by hand" below
+    by_hand = fig in _BY_HAND  # see "layout by hand" below
     if title:
         if by_hand:
             fig.suptitle(title, y=1.0 - _EDGE / fig.get_figheight(), va="top")
@@ -93,9 +94,15 @@ def _tick_label_width(axis: matplotlib.axis.Axis) -> float:
     return max((_text_width(label, size) for label in labels), default=0.0)
 
 
+_BY_HAND: weakref.WeakSet = weakref.WeakSet()
+"""The figures made by ``_figure``: saved as laid out, without the tight crop."""
+
+
 def _figure(width: float, height: float) -> plt.Figure:
     """A figure whose axes the caller places (no layout engine: see the note above)."""
-    return plt.figure(figsize=(width, height), layout="none")
+    fig = plt.figure(figsize=(width, height), layout="none")
+    _BY_HAND.add(fig)
+    return fig
 
 
 def _place(fig: plt.Figure, left: float, bottom: float, right: float, top: float) -> list:

@@ -149,13 +149,24 @@ class InstanceAdam(torch.optim.Optimizer):
             self._rates_of = (self.instance_lr, rates)
         return self._rates_of[1]
 
+    def _rates_on(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """``instance_lr`` on ``device`` in ``dtype``, copied once (until it is replaced). The
+        dtype is converted on the CPU first: a float64 tensor cannot go to every device (MPS)."""
+        cached = getattr(self, "_rates_on_of", None)
+        if cached is None or cached[0] is not self.instance_lr:
+            cached = self._rates_on_of = (self.instance_lr, {})
+        key = (device, dtype)
+        if key not in cached[1]:
+            cached[1][key] = self.instance_lr.to(dtype).to(device)
+        return cached[1][key]
+
     def _update(self, group: dict, p: Tensor) -> None:
         """Adam for one parameter, op by op (dtypes or devices the fused kernel lacks)."""
         beta1, beta2 = group["betas"]
         state = self.state[p]
         t = state["step"]
         m, v = state["exp_avg"], state["exp_avg_sq"]
-        rates = self.instance_lr.to(p.device, p.dtype).view(-1, *([1] * (p.dim() - 1)))
+        rates = self._rates_on(p.device, p.dtype).view(-1, *([1] * (p.dim() - 1)))
         if group["weight_decay"]:  # decoupled, before the moments (as torch's AdamW)
             p.mul_(1 - rates * group["lr"] * group["weight_decay"])
         m.lerp_(p.grad, 1 - beta1)
@@ -189,9 +200,9 @@ class InstanceAdam(torch.optim.Optimizer):
             # torch's own optimizers keep the whole rate in group["lr"], this one the
             # schedule's multiplier only: loading theirs would square the rate, silently.
             raise UsageError(
-                "the checkpoint's optimizer state is not InstanceAdam's (written by an earlier "
-                "version of the toolkit, whose toy models trained with torch's AdamW); it "
-                "cannot resume here: train again without --resume"
+                "the checkpoint's optimizer state was not written by InstanceAdam (toy runs of "
+                "earlier versions of the toolkit trained with torch's AdamW); it cannot resume "
+                "here: train again with --overwrite, or into a new --out"
             )
         self.instance_lr = _rates_tensor(state_dict.pop("instance_lr").cpu())
         super().load_state_dict(state_dict)
