@@ -54,6 +54,42 @@ def test_a_failing_producer_leaves_the_block_to_the_caller() -> None:
         ahead.stop()
 
 
+@pytest.mark.parametrize(("block_bytes", "steps_each"), [(1 << 10, 8), (1 << 20, 2), (5 << 20, 1)])
+def test_small_blocks_are_handed_over_several_steps_at_a_time(block_bytes, steps_each) -> None:
+    """A handover carries the steps that fit in HANDOVER_BYTES (at most 8, at least 1), every
+    block still comes out in order, and the last, partial handover arrives too."""
+    assert sae.run.prefetch.HANDOVER_BYTES == 4 << 20
+    handovers: list[int] = []
+
+    def produce(step: int, shard: int) -> torch.Tensor:
+        return torch.full((block_bytes // 4,), float(step * 10 + shard))
+
+    ahead = BlockPrefetcher(produce, range(2), first_step=0, end_step=19)
+    original_get = ahead.queue.get
+
+    def get(*args, **kwargs):
+        items = original_get(*args, **kwargs)
+        handovers.append(len(items))
+        return items
+
+    ahead.queue.get = get
+    try:
+        for step in range(19):
+            for shard in range(2):
+                assert ahead.take(step, shard)[0] == step * 10 + shard
+    finally:
+        ahead.stop()
+    per = 2 * steps_each  # blocks per handover: both shards of each step
+    assert handovers == [per] * (38 // per) + ([38 % per] if 38 % per else [])
+
+
+def test_stop_ends_a_producer_that_is_ahead() -> None:
+    ahead = BlockPrefetcher(lambda step, shard: torch.zeros(4), range(1), 0, 10**6)
+    assert ahead.take(0, 0) is not None
+    ahead.stop()
+    assert not ahead._thread.is_alive()
+
+
 def test_spare_core_only_on_a_cpu_with_threads_to_spare(monkeypatch) -> None:
     monkeypatch.setattr("os.cpu_count", lambda: 2)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)

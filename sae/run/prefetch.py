@@ -26,7 +26,11 @@ from torch import Tensor
 from sae.run.seeding import shard_seed
 
 DEPTH = 4
-"""Steps the producer may run ahead of training."""
+"""Handovers the producer may run ahead of training."""
+HANDOVER_BYTES = 4 << 20
+"""A handover carries the blocks of as many steps as fit in this many bytes (at least one step,
+at most ``MAX_STEPS_PER_HANDOVER``)."""
+MAX_STEPS_PER_HANDOVER = 8
 
 
 def spare_cpu_core(device: torch.device, wanted: bool = True) -> bool:
@@ -43,8 +47,15 @@ def spare_cpu_core(device: torch.device, wanted: bool = True) -> bool:
 
 class BlockPrefetcher:
     """Calls ``produce(step, shard)`` for steps ``first_step`` to ``end_step - 1`` (each of
-    ``shards`` per step) on a background thread, ``DEPTH`` steps ahead, and hands the blocks
-    out in that order with ``take``."""
+    ``shards`` per step) on a background thread, up to ``DEPTH`` handovers ahead, and hands the
+    blocks out in that order with ``take``.
+
+    Small blocks cross between the threads several steps at a time: each handover wakes the
+    other thread, and on the CPU that costs the training thread a GIL handoff. A handover holds
+    the steps that fit in ``HANDOVER_BYTES`` (1 to ``MAX_STEPS_PER_HANDOVER``), so the memory
+    ahead of training stays about ``DEPTH`` x max(4 MB, one step's blocks). For toy features
+    (0.57 MB a step, ~0.6 ms steps) 7 steps a handover gave 1.06-1.12x more steps/s on a 2-core
+    Xeon than one."""
 
     def __init__(
         self,
@@ -54,25 +65,41 @@ class BlockPrefetcher:
         end_step: int,
         name: str = "data-prefetch",
     ) -> None:
-        self.queue: queue.Queue = queue.Queue(maxsize=DEPTH * len(shards))
+        self.queue: queue.Queue = queue.Queue(maxsize=DEPTH)
         self._stop = threading.Event()
         self._next: tuple[tuple[int, int], Any] | None = None
+        self._handed: list[tuple[tuple[int, int], Any]] = []  # the current handover, reversed
         keys = ((step, shard) for step in range(first_step, end_step) for shard in shards)
 
+        def hand_over(items: list) -> bool:
+            """Queue ``items``; False once stopped."""
+            while not self._stop.is_set():
+                try:
+                    self.queue.put(items, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def work() -> None:
+            items: list = []
+            per_handover = 0  # blocks, set from the first one's size
             for key in keys:
                 try:
-                    item = (key, produce(*key))
+                    items.append((key, produce(*key)))
                 except Exception:  # noqa: BLE001 - the caller remakes the block and reports it
+                    if items:
+                        hand_over(items)
                     return
-                while not self._stop.is_set():
-                    try:
-                        self.queue.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if self._stop.is_set():
-                    return
+                if not per_handover:
+                    steps = HANDOVER_BYTES // max(1, _nbytes(items[0][1]) * len(shards))
+                    per_handover = min(max(1, steps), MAX_STEPS_PER_HANDOVER) * len(shards)
+                if len(items) == per_handover:
+                    if not hand_over(items):
+                        return
+                    items = []
+            if items:
+                hand_over(items)
 
         self._thread = threading.Thread(target=work, name=name, daemon=True)
         self._thread.start()
@@ -86,12 +113,16 @@ class BlockPrefetcher:
             if self._next is not None:
                 key, block = self._next
             else:
-                try:
-                    key, block = self.queue.get(timeout=1.0)
-                except queue.Empty:
-                    if not self._thread.is_alive():
-                        return None
-                    continue
+                if not self._handed:
+                    try:
+                        self._handed = self.queue.get(timeout=1.0)[::-1]
+                    except queue.Empty:
+                        if not self._thread.is_alive() and self.queue.empty():
+                            return None
+                        continue
+                    if not self._handed:
+                        continue
+                key, block = self._handed.pop()
             self._next = None
             if key == (step, shard):
                 return block
@@ -102,6 +133,15 @@ class BlockPrefetcher:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=5)
+
+
+def _nbytes(block: Any) -> int:
+    """Bytes of the tensors in ``block`` (a tensor, or lists and tuples of them)."""
+    if isinstance(block, Tensor):
+        return block.nbytes
+    if isinstance(block, (list, tuple)):
+        return sum(_nbytes(b) for b in block)
+    return 0
 
 
 class SeededBlocks:
