@@ -180,3 +180,25 @@ def test_hand_laid_out_figures_fit(
         tmp_path / "adv.png",
     )
     assert checked == ["wtw.png", "norms.png", "d.png", "adv.png"]
+
+
+def test_only_figures_without_a_layout_engine_are_cropped_at_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Constrained-layout grids are saved as their engine fits them and hand-laid ones as
+    placed: neither gets bbox_inches="tight" (a whole extra draw)."""
+    saved: list[tuple[str, bool]] = []
+    save = plots.save_figure
+
+    def spy(fig, path, tight=None):
+        crop = fig.get_layout_engine() is None if tight is None else tight
+        saved.append((Path(path).stem, crop))
+        save(fig, path, tight)
+
+    monkeypatch.setattr(plots, "save_figure", spy)
+    W = np.random.default_rng(0).normal(size=(3, 6, 2))
+    titles = ["a", "b", "c"]
+    plots.plot_neuron_stack_grid(W, titles, tmp_path / "stack.png")
+    plots.plot_geometry_grid(W, np.ones((3, 6)), np.ones((3, 6), bool), titles, tmp_path / "g.png")
+    plots.plot_wtw_grid(W, np.zeros((3, 6)), titles, tmp_path / "wtw.png")
+    assert saved == [("stack", False), ("g", False), ("wtw", False)]

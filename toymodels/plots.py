@@ -48,7 +48,7 @@ def _finish(fig: plt.Figure, path: str | os.PathLike, title: str) -> Path:
             fig.suptitle(title, y=1.0 - _EDGE / fig.get_figheight(), va="top")
         else:
             fig.suptitle(title)
-    save_figure(fig, path, tight=not by_hand)
+    save_figure(fig, path, tight=False if by_hand else None)
     return Path(path)
 
 

@@ -120,9 +120,7 @@ class BlockPrefetcher:
                         if not self._thread.is_alive() and self.queue.empty():
                             return None
                         continue
-                    if not self._handed:
-                        continue
-                key, block = self._handed.pop()
+                key, block = self._handed.pop()  # (handovers are never empty)
             self._next = None
             if key == (step, shard):
                 return block
