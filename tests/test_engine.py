@@ -15,12 +15,14 @@ from devices import ACCELERATOR, DEVICES
 from synthetic import file_source, sae_config, write_planted_file
 
 import sae.run.fit
+from sae.lightning_module import SAEModule
 from sae.run.config_io import from_dict
 from sae.run.engine import StepEngine
 from sae.run.guards import last_checkpoint
 from sae.run.metrics_log import read_metrics
 from sae.train import train_saes
 from toymodels.config import ToyConfig
+from toymodels.lightning_module import ToyModelModule
 from toymodels.train import train_toy
 
 
@@ -135,6 +137,32 @@ def test_sae_steps_per_call_equal_one_step_per_call(tmp_path: Path, recipe: str,
     for k in range(2):
         for name in ("sae_weights.safetensors", "cfg.json"):
             assert (one / f"sae_{k}" / name).read_bytes() == (many / f"sae_{k}" / name).read_bytes()
+
+
+@pytest.mark.parametrize("training", ["toy", "sae"])
+def test_inference_mode_changes_no_number(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, training: str
+) -> None:
+    """Steps with their own backward run in inference mode; with it switched off (autograd's
+    bookkeeping back on every op) the run is bit for bit the same: weights, optimizer state
+    (which resampling and resuming update outside inference mode), metrics, checkpoints."""
+    module_class = ToyModelModule if training == "toy" else SAEModule
+    seen: list[bool] = []
+    step = module_class.train_step
+
+    def spy(self, *args):
+        seen.append(torch.is_inference_mode_enabled())
+        return step(self, *args)
+
+    monkeypatch.setattr(module_class, "train_step", spy)
+    run = _toy if training == "toy" else lambda out, k: _sae(tmp_path, out.name, "april2024", k)
+    run(tmp_path / "inference", 13)
+    assert seen and all(seen)
+    seen.clear()
+    monkeypatch.setattr(module_class, "step_uses_autograd", lambda self: True)
+    run(tmp_path / "autograd", 13)
+    assert seen and not any(seen)
+    _assert_same_run(tmp_path / "inference", tmp_path / "autograd")
 
 
 class _Null(StepEngine):

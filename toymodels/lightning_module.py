@@ -90,6 +90,9 @@ class ToyModelModule(StepEngine):
     def per_instance_loss(self, x: Tensor) -> Tensor:
         return toy_loss(self.model, x, self.distribution.importance)
 
+    def step_uses_autograd(self) -> bool:
+        return torch.is_autocast_enabled(self.device.type)  # see toy_forward_backward
+
     def train_step(self, step: int) -> StepOutput:
         x = self.draw_batch(step)
         # Forward and backward without autograd's graph (or replayed from a CUDA graph).

@@ -98,6 +98,11 @@ class StepEngine(L.LightningModule):
     def after_chunk(self, done: int) -> None:
         """``done`` steps are finished and ``done`` is an event boundary."""
 
+    def step_uses_autograd(self) -> bool:
+        """Whether ``train_step`` needs autograd (a loss for the engine to run ``backward`` on,
+        or an autograd fallback); when False the chunk runs under ``torch.inference_mode``."""
+        return True
+
     def world_and_rank(self) -> tuple[int, int]:
         """(processes in the run, this one's rank); (1, 0) outside a trainer."""
         try:
@@ -126,21 +131,10 @@ class StepEngine(L.LightningModule):
         optimizer = self.optimizers().optimizer
         schedule = self.lr_schedulers()
         t0 = self._clock() if timed else 0.0
-        logged: StepOutput | None = None
-        for step in range(start, start + k):
-            out = self.train_step(step)
-            if out.scalars is not None or out.firing_frequency is not None:
-                logged = out  # a logging step ends its chunk: at most one a call
-            loss = out.loss
-            if not out.gradients_ready:
-                loss.backward()
-            self._sync_gradients(optimizer)
-            self.before_update(step)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if schedule is not None:
-                schedule.step()
-            self.after_update(step)
+        # A step with its own backward needs no autograd at all: inference mode spares every
+        # op autograd's bookkeeping (~4% of a small SAE step on one CPU core).
+        with torch.inference_mode(not self.step_uses_autograd()):
+            loss, logged = self._run_steps(start, k, optimizer, schedule)
         if timed:
             per_step = (self._clock() - t0) / k
             chosen = int(min(MAX_STEPS_PER_CALL, max(1, round(CALL_SECONDS / max(per_step, 1e-9)))))
@@ -155,6 +149,30 @@ class StepEngine(L.LightningModule):
         loss = loss.detach()
         logged = logged or StepOutput(loss)
         return {"loss": loss, "step": StepOutput(loss, logged.scalars, logged.firing_frequency)}
+
+    def _run_steps(
+        self, start: int, k: int, optimizer: torch.optim.Optimizer, schedule: Any
+    ) -> tuple[Tensor, StepOutput | None]:
+        """Optimizer steps ``start`` to ``start + k - 1``; the last loss and the logging step's
+        output (None if none logged)."""
+        logged: StepOutput | None = None
+        distributed = self.trainer.world_size > 1
+        for step in range(start, start + k):
+            out = self.train_step(step)
+            if out.scalars is not None or out.firing_frequency is not None:
+                logged = out  # a logging step ends its chunk: at most one a call
+            loss = out.loss
+            if not out.gradients_ready:
+                loss.backward()
+            if distributed:
+                self._sync_gradients(optimizer)
+            self.before_update(step)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if schedule is not None:
+                schedule.step()
+            self.after_update(step)
+        return loss, logged
 
     def _target_steps(self) -> int:
         if self.steps_per_call is not None:
@@ -175,8 +193,6 @@ class StepEngine(L.LightningModule):
 
         DDP's own reducer expects one backward per forward of its wrapper; this loop runs many,
         so ``fit`` switches the reducer off and the engine reduces here instead."""
-        if self.trainer.world_size == 1:
-            return
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         flat = torch.cat([g.reshape(-1) for g in grads])
         flat = self.trainer.strategy.reduce(flat, reduce_op="mean")

@@ -58,8 +58,11 @@ class InstanceAdam(torch.optim.Optimizer):
                 state = self.state[p]
                 if not state:
                     state["step"] = 0  # a Python int: no device sync for bias correction
-                    state["exp_avg"] = torch.zeros_like(p)
-                    state["exp_avg_sq"] = torch.zeros_like(p)
+                    # normal tensors even when training steps in inference mode: resampling
+                    # and checkpoint loading update them outside it
+                    with torch.inference_mode(False):
+                        state["exp_avg"] = torch.zeros_like(p)
+                        state["exp_avg_sq"] = torch.zeros_like(p)
                 state["step"] += 1
                 if _fusable(p):
                     fused.append(p)
