@@ -125,7 +125,7 @@ def _forward(
 ) -> tuple[tuple[Tensor, Tensor, Tensor, Tensor], Saved]:
     n, d = x.shape
     n_instances = W_enc.shape[0]
-    decoder = _T(W_enc) if W_dec is None else W_dec
+    decoder = W_enc.mT if W_dec is None else W_dec
     # W_enc(x − b_dec) + b_enc = [x, 1] [W_enc; b_enc − b_dec W_enc]: one product, whose
     # bias row costs no pass over the codes; x is shared by the instances (no copy), and
     # the backward's product with [x, 1] gives the bias gradient next to W_enc's.
@@ -149,7 +149,7 @@ def _forward(
         norms = None
         sparsity = totals.sum(-1).div_(n)
     else:
-        norms = decoder.norm(dim=-1)  # [I, L]
+        norms = torch.linalg.vector_norm(decoder, dim=-1)  # [I, L]
         sparsity = torch.bmm(totals.unsqueeze(1), norms.unsqueeze(2)).view(-1).div_(n)
     saved = (x_aug, W_enc, W_dec, b_dec, codes, resid_aug, totals, norms)
     return (x_hat, codes, reconstruction, sparsity), saved
@@ -170,7 +170,7 @@ def _backward(
     (n_instances, n, d), n_latents = resid_aug.shape, codes.shape[2]
     d -= 1
     resid = resid_aug[:, :, :d]
-    decoder = _T(W_enc) if W_dec is None else W_dec
+    decoder = W_enc.mT if W_dec is None else W_dec
     need_x, need_W_enc, need_W_dec, need_b_enc, need_b_dec = needs
     tied = W_dec is None
     # dL/dx̂ = resid · rec_scale (+ grad_x_hat). Without grad_x_hat (training) it is never
@@ -192,16 +192,16 @@ def _backward(
     if d_x_hat is not None:
         scaled = decoder if d_x_hat_scale is None else decoder * d_x_hat_scale
         if per_code is None:
-            d_codes = torch.bmm(d_x_hat, _T(scaled))
+            d_codes = torch.bmm(d_x_hat, scaled.mT)
         elif d_x_hat_scale is not None:
             # [r, 1] [s W_dec, per_code]ᵀ: the penalty's term rides in the product.
-            d_codes = torch.bmm(resid_aug, _T(torch.cat([scaled, per_code], 2)))
+            d_codes = torch.bmm(resid_aug, torch.cat([scaled, per_code], 2).mT)
         else:
-            d_codes = torch.baddbmm(_T(per_code), d_x_hat, _T(scaled))
+            d_codes = torch.baddbmm(per_code.mT, d_x_hat, scaled.mT)
         if grad_codes is not None:
             d_codes += grad_codes
     elif per_code is not None:
-        d_codes = _T(per_code).expand_as(codes).clone()
+        d_codes = per_code.mT.expand_as(codes).clone()
         if grad_codes is not None:
             d_codes += grad_codes
     else:
@@ -213,7 +213,7 @@ def _backward(
     # dL/dW_dec [I, L, d] (onto W_enc when tied)
     if need_W_dec or (tied and need_W_enc):
         if d_x_hat is not None:
-            g_W_dec = torch.bmm(_T(codes), d_x_hat)
+            g_W_dec = torch.bmm(codes.mT, d_x_hat)
             if d_x_hat_scale is not None:
                 g_W_dec.mul_(d_x_hat_scale)
         else:
@@ -233,7 +233,7 @@ def _backward(
     if d_codes is not None:
         # [x, 1]ᵀ dpre = [xᵀ dpre; Σ_b dpre] in one product; Σ_b dpre is dL/d(b_enc − b_dec
         # W_enc), so dL/dW_enc = xᵀ dpre − b_decᵀ Σ_b dpre.
-        g_enc = torch.bmm(_T(x_aug.expand(n_instances, -1, -1)), d_codes)
+        g_enc = torch.bmm(x_aug.expand(n_instances, -1, -1).mT, d_codes)
         d_bias = g_enc[:, d]  # [I, L]
         if need_b_enc:
             g_b_enc = d_bias.clone()  # not a view: it would keep all of g_enc alive
@@ -248,14 +248,14 @@ def _backward(
             )
             g_b_dec = torch.baddbmm(base, W_enc, d_bias.unsqueeze(2), alpha=-1).squeeze(2)
         if need_x:
-            g_x = torch.matmul(d_codes, _T(W_enc)).sum(0)
+            g_x = torch.matmul(d_codes, W_enc.mT).sum(0)
     if need_x and rec_scale is not None:
         # The reconstruction's own term in x (x̂ depends on x only through f).
         direct = -(resid * rec_scale).sum(0)
         g_x = direct if g_x is None else g_x + direct
     if tied:
         if need_W_enc and g_W_dec is not None:
-            t = _T(g_W_dec)
+            t = g_W_dec.mT
             g_W_enc = t.contiguous() if g_W_enc is None else g_W_enc.add_(t)
         g_W_dec = None
     return g_x, g_W_enc, g_W_dec, g_b_enc, g_b_dec
@@ -264,11 +264,6 @@ def _backward(
 def _check_penalty(penalty: str) -> None:
     if penalty not in PENALTIES:
         raise ValueError(f"unknown penalty {penalty!r}: choose one of {', '.join(PENALTIES)}")
-
-
-def _T(t: Tensor) -> Tensor:
-    """The batched transpose [I, a, b] -> [I, b, a] (a view)."""
-    return t.transpose(1, 2)
 
 
 def _with_ones_column(like: Tensor) -> Tensor:

@@ -223,3 +223,24 @@ def test_metrics_file_records_every_instance(planted, tmp_path) -> None:
     assert (
         records[-1]["explained_variance/instance_0"] > records[0]["explained_variance/instance_0"]
     )
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_firing_counts_are_exact_over_large_batches(tmp_path, autocast) -> None:
+    """A step adds, per latent, the number of batch rows where it fired: exact integers also
+    under bf16 autocast (bf16-mixed), where a count above 256 would round if summed in bf16."""
+    path = tmp_path / "p.safetensors"
+    write_planted_file(path, n_features=16, d=8, n_rows=4096, p=0.5, seed=0)
+    config = sae_config(sae={"d_sae": 16}, train={"batch_size": 1024, "log_every": 1000})
+    module = SAEModule(config, 8, file_source(path, config))
+    module.initialize_from_data()
+    with torch.no_grad():
+        module.sae.b_enc.fill_(0.05)  # most latents fire on most rows: counts in the hundreds
+    module.source.prepare(torch.device("cpu"), range(1), 1024, 0, 10, draw_ahead=False)
+    x = module.draw_batch(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        expect = (module.sae.reference_forward(x).codes > 0).sum(1).float()
+        module.train_step(0)
+    assert float(expect.max()) > 300 and not bool((expect % 4 == 0).all())
+    assert torch.equal(module.log_fired, expect)
+    assert float(module.log_samples) == 1024
