@@ -48,7 +48,8 @@ def variants(n_instances: int, batch: int, source_of: Callable) -> dict[str, Cal
         out = module.sae(x)
         l1 = module.l1_coefficient * warmup_factor(step, module.config.train.l1_warmup_steps)
         per_instance = out.reconstruction + l1 * out.sparsity
-        fired = torch.gt(out.codes, 0, out=out.codes).sum(1)
+        # (not into out.codes, as train_step does: autograd saved them for the backward)
+        fired = torch.gt(out.codes, 0, out=torch.empty_like(out.codes)).sum(1)
         module.log_fired.add_(fired)
         module.log_samples.add_(x.shape[0])
         per_instance.sum().backward()
