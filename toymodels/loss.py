@@ -111,7 +111,10 @@ def toy_loss_and_gradients(
     ``runtime.cuda_graphs``. Arguments as ``toy_loss_inputs`` gives them after x."""
     flags = hidden_relu, output_relu, target_abs
     loss, saved = _forward(x, W_in, W_out, b, importance, *flags)
-    grads = _backward(saved, hidden_relu, output_relu, torch.ones_like(loss), True, True, True)
+    # (nothing else holds the saved tensors: the backward may overwrite them)
+    grads = _backward(
+        saved, hidden_relu, output_relu, torch.ones_like(loss), True, True, True, reuse_saved=True
+    )
     return loss, grads
 
 
@@ -154,15 +157,18 @@ def _backward(
     need_W_in: bool,
     need_W_out: bool,
     need_b: bool,
+    reuse_saved: bool = False,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """Gradients (W_in, W_out, b) of Σ_i grad_i · loss_i from ``_forward``'s saved tensors.
+    """Gradients (W_in, W_out, b) of Σ_i grad_i · loss_i from ``_forward``'s saved tensors
+    (with ``reuse_saved``, dL/dout overwrites the saved difference: one [instances, features,
+    batch] buffer fewer to write, when no autograd graph may read it again).
     Weight gradients come out of products shaped [instances, hidden, features]: with the batch
     as the contracted side last in both operands, 4x faster than the [features, hidden]
     orientation on the CPU."""
     xT, W_back, importance, h, out, diff, tied = saved
     batch, n_features = xT.shape[2], xT.shape[1]
     scale = importance * grad.unsqueeze(1) * (2.0 / (batch * n_features))  # [I, n]
-    d_out = diff * scale.unsqueeze(2)  # dL/dout [I, n, B]
+    d_out = torch.mul(diff, scale.unsqueeze(2), out=diff if reuse_saved else None)  # [I, n, B]
     if output_relu:
         torch.ops.aten.threshold_backward.grad_input(d_out, out, 0, grad_input=d_out)
     g_W_in = g_W_out = g_b = None
