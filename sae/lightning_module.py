@@ -31,6 +31,7 @@ from sae.run.seeding import (
 
 
 class SAEModule(StepEngine):
+    sets_own_gradients = True  # SparseAutoencoder.forward_backward
     l1_coefficient: Tensor
     input_scale: Tensor
     initialized: Tensor
@@ -155,9 +156,6 @@ class SAEModule(StepEngine):
         self.graphed_step = None  # its memory pool, before any evaluation on the device
 
     # -- training -----------------------------------------------------------------------
-    def step_uses_autograd(self) -> bool:
-        return torch.is_autocast_enabled(self.device.type)  # see SparseAutoencoder.forward_backward
-
     def train_step(self, step: int) -> StepOutput:
         x = self.draw_batch(step)
         ramp = warmup_factor(step, self.config.train.l1_warmup_steps)

@@ -27,6 +27,8 @@ from toymodels.models import ToyModel, build_model
 
 
 class ToyModelModule(StepEngine):
+    sets_own_gradients = True  # toy_forward_backward
+
     def __init__(self, config: ToyConfig | dict[str, Any]) -> None:
         if isinstance(config, dict):
             config = from_dict(ToyConfig, config)
@@ -89,9 +91,6 @@ class ToyModelModule(StepEngine):
 
     def per_instance_loss(self, x: Tensor) -> Tensor:
         return toy_loss(self.model, x, self.distribution.importance)
-
-    def step_uses_autograd(self) -> bool:
-        return torch.is_autocast_enabled(self.device.type)  # see toy_forward_backward
 
     def train_step(self, step: int) -> StepOutput:
         x = self.draw_batch(step)

@@ -11,7 +11,8 @@ steps to fill about ``CALL_SECONDS`` of work per call.
 A subclass implements ``train_step(step) -> StepOutput`` (draw the batch, forward, log on
 logging steps; the engine runs the backward unless the step has set the gradients) and may
 hook ``before_update`` (gradients ready), ``after_update`` (weights updated) and
-``after_chunk`` (at a boundary: resampling).
+``after_chunk`` (at a boundary: resampling). One whose step sets the gradients by hand outside
+autocast sets ``sets_own_gradients``: its steps then run in inference mode.
 """
 
 from __future__ import annotations
@@ -98,10 +99,15 @@ class StepEngine(L.LightningModule):
     def after_chunk(self, done: int) -> None:
         """``done`` steps are finished and ``done`` is an event boundary."""
 
+    sets_own_gradients = False
+    """True for a module whose ``train_step`` computes its gradients without autograd, except
+    under autocast (bf16-mixed), where it falls back to autograd's backward (the SAE and toy
+    steps)."""
+
     def step_uses_autograd(self) -> bool:
         """Whether ``train_step`` needs autograd (a loss for the engine to run ``backward`` on,
         or an autograd fallback); when False the chunk runs under ``torch.inference_mode``."""
-        return True
+        return not self.sets_own_gradients or torch.is_autocast_enabled(self.device.type)
 
     def world_and_rank(self) -> tuple[int, int]:
         """(processes in the run, this one's rank); (1, 0) outside a trainer."""
